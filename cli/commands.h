@@ -1,0 +1,11 @@
+/* cli/commands.h — operator commands run at a terminal against Redis. */
+#ifndef CLI_COMMANDS_H
+#define CLI_COMMANDS_H
+
+#define CLI_UNKNOWN (-100)
+
+/* Runs operator command cmd with its arguments (argv[0] is cmd). Returns the process
+ * exit code, or CLI_UNKNOWN if cmd is not an operator command. */
+int cli_command(const char *cmd, int argc, char **argv);
+
+#endif

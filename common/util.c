@@ -1,0 +1,70 @@
+/* common/util.c */
+#define _POSIX_C_SOURCE 200809L
+#include "common/util.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+int64_t cm_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t cm_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int cm_random_id(char *out, size_t outlen, const char *prefix, size_t n)
+{
+    static const char alphabet[] =
+        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    size_t pl = strlen(prefix), i = 0;
+    unsigned char buf[64];
+
+    if (pl + n + 1 > outlen) return -1;
+    memcpy(out, prefix, pl);
+    while (i < n) {
+        if (RAND_bytes(buf, sizeof(buf)) != 1) return -1;
+        for (size_t j = 0; j < sizeof(buf) && i < n; j++)
+            if (buf[j] < 248) out[pl + i++] = alphabet[buf[j] % 62]; /* 248 = 4*62: unbiased */
+    }
+    out[pl + n] = '\0';
+    return 0;
+}
+
+void cm_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+int cm_secure_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char da[32], db[32];
+    unsigned int n = 0;
+    /* Compare digests so the time does not depend on where the strings differ. */
+    EVP_Digest(a, la, da, &n, EVP_sha256(), NULL);
+    EVP_Digest(b, lb, db, &n, EVP_sha256(), NULL);
+    return CRYPTO_memcmp(da, db, sizeof(da)) == 0 && la == lb;
+}
+
+void cm_format_time(int64_t ms, char *out, size_t outlen)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}

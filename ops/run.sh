@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# ops/run.sh — what `make run` does once bin/conveyor is built: private Redis and
+# PostgreSQL in ./var, then `conveyor migrate`, then api + worker + scheduler in
+# the background until Ctrl-C (or until one of them dies: exit 1).
+#
+# Env (all optional):
+#   CONVEYOR_VAR              state directory             (default: ./var)
+#   CONVEYOR_BIN              the conveyor binary         (default: bin/conveyor)
+#   CONVEYOR_RUN_REDIS_PORT   Redis port                  (default: 16379)
+#   CONVEYOR_RUN_PG_PORT      PostgreSQL port             (default: 15432)
+#   CONVEYOR_LISTEN           API address, loopback only  (default: 127.0.0.1:8080)
+# Files: var/operator_token (0600, created once), var/log/{api,worker,scheduler}.log
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+cd "$ROOT"
+
+VAR=${CONVEYOR_VAR:-$PWD/var}
+BIN=${CONVEYOR_BIN:-bin/conveyor}
+REDIS_PORT=${CONVEYOR_RUN_REDIS_PORT:-16379}
+PG_PORT=${CONVEYOR_RUN_PG_PORT:-15432}
+CONVEYOR_LISTEN=${CONVEYOR_LISTEN:-127.0.0.1:8080}
+readonly VAR BIN REDIS_PORT PG_PORT
+readonly LOGDIR=$VAR/log
+readonly PROCS=(api worker scheduler)
+readonly HEALTH_TIMEOUT=20
+readonly STOP_TIMEOUT=30
+
+declare -A PID=() # process name -> pid
+SERVICES_UP=0
+CLEANING=0
+
+say() { printf 'run: %s\n' "$*"; }
+err() { printf 'run: %s\n' "$*" >&2; }
+die() {
+    err "error: $*"
+    exit 1
+}
+
+# pid_alive PID — exists and is not a zombie.
+pid_alive() {
+    local state
+    state=$(awk '/^State:/ { print $2; exit }' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+show_log_tail() {
+    local name=$1
+    err "last lines of $LOGDIR/$name.log:"
+    tail -n 30 "$LOGDIR/$name.log" >&2 || true
+}
+
+# ---------------------------------------------------------------- shutdown
+
+stop_processes() {
+    local name deadline=$((SECONDS + STOP_TIMEOUT))
+    local -a alive
+    for name in "${!PID[@]}"; do
+        kill -TERM "${PID[$name]}" 2>/dev/null || true
+    done
+    while :; do
+        alive=()
+        for name in "${!PID[@]}"; do
+            pid_alive "${PID[$name]}" && alive+=("$name")
+        done
+        ((${#alive[@]} > 0)) || break
+        if ((SECONDS >= deadline)); then
+            err "still running after ${STOP_TIMEOUT}s, killing: ${alive[*]}"
+            for name in "${alive[@]}"; do kill -KILL "${PID[$name]}" 2>/dev/null || true; done
+            break
+        fi
+        sleep 0.2
+    done
+    for name in "${!PID[@]}"; do wait "${PID[$name]}" 2>/dev/null || true; done
+    PID=()
+}
+
+cleanup() {
+    local rc=$?
+    ((CLEANING)) && return
+    CLEANING=1
+    trap '' INT TERM
+    if ((${#PID[@]} > 0)); then
+        say "stopping ${!PID[*]} ..."
+        stop_processes
+    fi
+    if ((SERVICES_UP)); then
+        "$ROOT/ops/services.sh" stop "$VAR" || rc=1
+    fi
+    say "stopped"
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------- startup
+
+ensure_token() {
+    local f=$VAR/operator_token hex
+    if [[ ! -s $f ]]; then
+        if command -v openssl >/dev/null 2>&1; then
+            hex=$(openssl rand -hex 24)
+        else
+            hex=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+        fi
+        (umask 077 && printf 'op_%s\n' "$hex" >"$f.tmp")
+        mv -f "$f.tmp" "$f"
+    fi
+    chmod 600 "$f"
+    CONVEYOR_OPERATOR_TOKEN=$(<"$f")
+    export CONVEYOR_OPERATOR_TOKEN
+}
+
+start_process() {
+    local name=$1 log=$LOGDIR/$1.log
+    printf '==== %s: conveyor %s starting\n' "$(date '+%F %T')" "$name" >>"$log"
+    "$BIN" "$name" </dev/null >>"$log" 2>&1 &
+    PID[$name]=$!
+}
+
+wait_healthy() {
+    local url=http://$CONVEYOR_LISTEN/healthz deadline=$((SECONDS + HEALTH_TIMEOUT))
+    until curl -fsS --max-time 2 "$url" >/dev/null 2>&1; do
+        if ! pid_alive "${PID[api]}"; then
+            show_log_tail api
+            die "the api exited during startup"
+        fi
+        if ((SECONDS >= deadline)); then
+            show_log_tail api
+            die "$url did not answer within ${HEALTH_TIMEOUT}s"
+        fi
+        sleep 0.25
+    done
+}
+
+banner() {
+    local base=http://$CONVEYOR_LISTEN
+    cat <<EOF
+
+  Conveyor is running on $base
+  (Redis 127.0.0.1:$REDIS_PORT and PostgreSQL 127.0.0.1:$PG_PORT, data in $VAR)
+
+  Operator token (also in $VAR/operator_token):
+    TOKEN=$CONVEYOR_OPERATOR_TOKEN
+
+  Try:
+    curl -s -X POST $base/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"type":"noop","input":{}}'
+
+  Logs: $LOGDIR/api.log  $LOGDIR/worker.log  $LOGDIR/scheduler.log
+  Ctrl-C stops everything.
+
+EOF
+}
+
+# supervise — wait; if any process exits, report it and stop everything.
+supervise() {
+    local done_pid name rc
+    while :; do
+        done_pid='' rc=0
+        wait -n -p done_pid "${PID[@]}" || rc=$?
+        [[ -n $done_pid ]] || continue
+        for name in "${!PID[@]}"; do
+            [[ ${PID[$name]} == "$done_pid" ]] || continue
+            unset "PID[$name]"
+            err "conveyor $name exited unexpectedly (status $rc)"
+            show_log_tail "$name"
+            exit 1
+        done
+    done
+}
+
+main() {
+    [[ -x $BIN ]] || die "$BIN is missing or not executable (build it with make)"
+    local host=${CONVEYOR_LISTEN%:*} port=${CONVEYOR_LISTEN##*:}
+    [[ $host =~ ^127\. || $host == localhost ]] ||
+        die "CONVEYOR_LISTEN=$CONVEYOR_LISTEN: make run listens on loopback only"
+    [[ $host == localhost ]] && host=127.0.0.1
+    port_in_use "$host" "$port" &&
+        die "$CONVEYOR_LISTEN is already in use (another make run?)"
+    export CONVEYOR_LISTEN
+
+    mkdir -p "$LOGDIR"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    SERVICES_UP=1
+    "$ROOT/ops/services.sh" start "$VAR" "$REDIS_PORT" "$PG_PORT"
+    set -a
+    # shellcheck source=/dev/null
+    . "$VAR/env"
+    set +a
+    ensure_token
+
+    say "migrating the database"
+    "$BIN" migrate </dev/null || die "conveyor migrate failed"
+
+    local name
+    for name in "${PROCS[@]}"; do start_process "$name"; done
+    wait_healthy
+    banner
+    supervise
+}
+
+main "$@"

@@ -1,0 +1,720 @@
+/* queue/client.c — the synchronous client: one connection, one thread. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "queue/queue.h"
+#include "queue/scripts.h"
+
+struct q_conn {
+    redisContext *rc;
+    char *host;
+    int port, timeout_ms;
+    char prefix[96];     /* "cv:" */
+    int64_t retry_after; /* monotonic ms before which no reconnect is tried */
+    int backoff_ms;
+};
+
+q_conn_t *q_conn_new(const char *host, int port, const char *prefix, int timeout_ms)
+{
+    q_conn_t *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->host = strdup(host);
+    if (!c->host || strlen(prefix) + 2 > sizeof(c->prefix)) {
+        free(c->host);
+        free(c);
+        return NULL;
+    }
+    snprintf(c->prefix, sizeof(c->prefix), "%s:", prefix);
+    c->port = port;
+    c->timeout_ms = timeout_ms;
+    return c;
+}
+
+void q_conn_free(q_conn_t *c)
+{
+    if (!c) return;
+    if (c->rc) redisFree(c->rc);
+    free(c->host);
+    free(c);
+}
+
+const char *q_conn_prefix(const q_conn_t *c) { return c->prefix; }
+
+static void drop(q_conn_t *c)
+{
+    if (c->rc) redisFree(c->rc);
+    c->rc = NULL;
+}
+
+redisContext *q_conn_redis(q_conn_t *c)
+{
+    struct timeval tv = {c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000};
+    if (c->rc) return c->rc;
+    if (cm_mono_ms() < c->retry_after) return NULL;
+    c->rc = redisConnectWithTimeout(c->host, c->port, tv);
+    if (!c->rc || c->rc->err || redisSetTimeout(c->rc, tv) != REDIS_OK) {
+        LOG_WARN("redis %s:%d unreachable: %s", c->host, c->port,
+                 c->rc ? c->rc->errstr : "out of memory");
+        drop(c);
+        /* back off from 50 ms to 2 s so a down Redis does not cost a connect per call */
+        c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 50;
+        if (c->backoff_ms > 2000) c->backoff_ms = 2000;
+        c->retry_after = cm_mono_ms() + c->backoff_ms;
+        return NULL;
+    }
+    c->backoff_ms = 0;
+    return c->rc;
+}
+
+/* Drops the connection if the reply is NULL (I/O error or timeout). */
+static redisReply *checked(q_conn_t *c, void *r)
+{
+    if (!r) {
+        LOG_WARN("redis command failed: %s", c->rc ? c->rc->errstr : "not connected");
+        drop(c);
+    }
+    return r;
+}
+
+redisReply *q_command(q_conn_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    redisContext *rc = q_conn_redis(c);
+    if (!rc) return NULL;
+    va_start(ap, fmt);
+    void *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    return checked(c, r);
+}
+
+int q_ping(q_conn_t *c)
+{
+    redisReply *r = q_command(c, "PING");
+    int ok = r && r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return ok;
+}
+
+/* Runs a script vector (EVALSHA, falling back to EVAL). Takes a. Returns the reply or
+ * NULL; an error reply is logged and freed (NULL). */
+static redisReply *run(q_conn_t *c, q_argv_t *a)
+{
+    redisReply *r = NULL;
+    redisContext *rc;
+    if (!a) return NULL;
+    if (!(rc = q_conn_redis(c))) goto out;
+    r = checked(c, redisCommandArgv(rc, a->argc, (const char **)a->argv, a->len));
+    if (q_reply_noscript(r) && q_argv_to_eval(a) == 0) {
+        freeReplyObject(r);
+        r = NULL;
+        if ((rc = q_conn_redis(c)))
+            r = checked(c, redisCommandArgv(rc, a->argc, (const char **)a->argv, a->len));
+    }
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        LOG_ERR("redis script error: %s", r->str);
+        freeReplyObject(r);
+        r = NULL;
+    }
+out:
+    q_argv_free(a);
+    return r;
+}
+
+/* Builds a script vector from keys and args (NULL-terminated lists of strings). */
+static q_argv_t *script(enum q_script_id id, const char *const *keys, const char *const *args)
+{
+    int nk = 0, na = 0;
+    while (keys[nk]) nk++;
+    while (args[na]) na++;
+    q_argv_t *a = calloc(1, sizeof(*a));
+    if (!a) return NULL;
+    a->cap = 3 + nk + na;
+    a->argv = calloc((size_t)a->cap, sizeof(char *));
+    a->len = calloc((size_t)a->cap, sizeof(size_t));
+    if (!a->argv || !a->len) goto fail;
+    char nkeys[16];
+    snprintf(nkeys, sizeof(nkeys), "%d", nk);
+    const char *head[3] = {"EVALSHA", q_script_sha(id), nkeys};
+    for (int i = 0; i < a->cap; i++) {
+        const char *s = i < 3 ? head[i] : i < 3 + nk ? keys[i - 3] : args[i - 3 - nk];
+        if (!(a->argv[i] = strdup(s))) goto fail;
+        a->len[i] = strlen(s);
+        a->argc++;
+    }
+    return a;
+fail:
+    q_argv_free(a);
+    return NULL;
+}
+
+/* The same for binary-safe arguments: args with explicit lengths. */
+static q_argv_t *script_bin(enum q_script_id id, int nk, int n, const char *const *v,
+                            const size_t *len)
+{
+    q_argv_t *a = calloc(1, sizeof(*a));
+    char nkeys[16];
+    if (!a) return NULL;
+    a->cap = 3 + n;
+    a->argv = calloc((size_t)a->cap, sizeof(char *));
+    a->len = calloc((size_t)a->cap, sizeof(size_t));
+    if (!a->argv || !a->len) goto fail;
+    snprintf(nkeys, sizeof(nkeys), "%d", nk);
+    const char *head[3] = {"EVALSHA", q_script_sha(id), nkeys};
+    for (int i = 0; i < a->cap; i++) {
+        const char *s = i < 3 ? head[i] : v[i - 3];
+        size_t l = i < 3 ? strlen(s) : len[i - 3];
+        if (!(a->argv[i] = malloc(l + 1))) goto fail;
+        memcpy(a->argv[i], s, l);
+        a->argv[i][l] = '\0';
+        a->len[i] = l;
+        a->argc++;
+    }
+    return a;
+fail:
+    q_argv_free(a);
+    return NULL;
+}
+
+/* ---- enqueue -------------------------------------------------------------------- */
+
+int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome)
+{
+    char id[Q_ID_SIZE], k_job[160], k_ready[160], k_sched[160], k_marker[160], k_owner[400],
+        k_idem[400], k_seq[128], k_queues[128], prio[16], maxa[16], runat[32], ttl[32];
+    const char *queue = job->queue ? job->queue : "default";
+    q_record_t rec = {0};
+    char *packed = NULL;
+    size_t packed_len = 0;
+    int rc;
+
+    if (!job->type || !job->owner || !q_valid_type(job->type) || !q_valid_queue(queue) ||
+        job->priority < Q_PRIORITY_MIN || job->priority > Q_PRIORITY_MAX ||
+        strlen(job->owner) > 200 || (job->idempotency_key && !job->request_hash))
+        return Q_EINVAL;
+    if (job->id) {
+        if (!q_valid_id(job->id)) return Q_EINVAL;
+        snprintf(id, sizeof(id), "%s", job->id);
+    } else if (q_new_id(id) != 0) {
+        return Q_EINVAL;
+    }
+    rec.id = id;
+    rec.type = (char *)job->type;
+    rec.queue = (char *)queue;
+    rec.owner = (char *)job->owner;
+    rec.input = (char *)(job->input ? job->input : "{}");
+    rec.idempotency_key = (char *)job->idempotency_key;
+    rec.max_attempts = job->max_attempts > 0 ? job->max_attempts : 25;
+    rec.priority = job->priority;
+    rec.timeout_ms = job->timeout_ms > 0 ? job->timeout_ms : 0;
+    if (q_record_encode(&rec, &packed, &packed_len) != 0) return Q_ENOMEM;
+
+    const char *p = c->prefix;
+    snprintf(k_job, sizeof(k_job), "%sjob:%s", p, id);
+    snprintf(k_ready, sizeof(k_ready), "%s{%s}:ready", p, queue);
+    snprintf(k_sched, sizeof(k_sched), "%s{%s}:scheduled", p, queue);
+    snprintf(k_marker, sizeof(k_marker), "%s{%s}:marker", p, queue);
+    snprintf(k_owner, sizeof(k_owner), "%sowner:%s", p, job->owner);
+    snprintf(k_seq, sizeof(k_seq), "%sseq", p);
+    snprintf(k_queues, sizeof(k_queues), "%squeues", p);
+    if (job->idempotency_key) {
+        char kh[65];
+        cm_sha256_hex(job->idempotency_key, strlen(job->idempotency_key), kh);
+        snprintf(k_idem, sizeof(k_idem), "%sidem:%s:%s", p, job->owner, kh);
+    } else {
+        snprintf(k_idem, sizeof(k_idem), "%sidem:-", p);
+    }
+    snprintf(prio, sizeof(prio), "%d", rec.priority);
+    snprintf(maxa, sizeof(maxa), "%d", rec.max_attempts);
+    snprintf(runat, sizeof(runat), "%lld", (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
+    snprintf(ttl, sizeof(ttl), "%d", job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms
+                                                                 : 86400000);
+    const char *v[] = {k_job, k_ready, k_sched, k_marker, k_owner, k_idem, k_seq, k_queues,
+                       id, packed, job->type, queue, job->owner, prio, maxa, runat,
+                       job->idempotency_key ? "1" : "0",
+                       job->request_hash ? job->request_hash : "", ttl};
+    size_t len[sizeof(v) / sizeof(v[0])];
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) len[i] = strlen(v[i]);
+    len[9] = packed_len;
+    redisReply *r = run(c, script_bin(QS_ENQUEUE, 8, (int)(sizeof(v) / sizeof(v[0])), v, len));
+    free(packed);
+    if (!r) return Q_EREDIS;
+    rc = Q_EREDIS;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
+        r->element[1]->len < Q_ID_SIZE) {
+        memcpy(id_out, r->element[1]->str, r->element[1]->len);
+        id_out[r->element[1]->len] = '\0';
+        const char *o = r->element[0]->str;
+        *outcome = strcmp(o, "existing") == 0   ? Q_ENQ_EXISTING
+                   : strcmp(o, "conflict") == 0 ? Q_ENQ_CONFLICT
+                                                : Q_ENQ_CREATED;
+        rc = 0;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* ---- reading jobs --------------------------------------------------------------- */
+
+static char *dup_reply(const redisReply *r)
+{
+    char *s = malloc(r->len + 1);
+    if (!s) return NULL;
+    memcpy(s, r->str, r->len);
+    s[r->len] = '\0';
+    return s;
+}
+
+/* Builds a snapshot from an HGETALL reply. Returns 0, Q_ENOTFOUND (empty), Q_ENOMEM, or
+ * Q_ECORRUPT (rec did not decode; *out is set anyway). */
+static int job_from_hash(const char *id, const redisReply *r, q_job_t **out)
+{
+    q_job_t *j;
+    const redisReply *rec = NULL;
+    *out = NULL;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0) return Q_ENOTFOUND;
+    if (!(j = calloc(1, sizeof(*j)))) return Q_ENOMEM;
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *k = r->element[i]->str;
+        const redisReply *v = r->element[i + 1];
+        char **s = NULL;
+        int *n = NULL;
+        int64_t *t = NULL;
+        if (!k || v->type != REDIS_REPLY_STRING) continue;
+        if (strcmp(k, "rec") == 0) rec = v;
+        else if (strcmp(k, "type") == 0) s = &j->type;
+        else if (strcmp(k, "queue") == 0) s = &j->queue;
+        else if (strcmp(k, "owner") == 0) s = &j->owner;
+        else if (strcmp(k, "status") == 0) s = &j->status;
+        else if (strcmp(k, "result") == 0) s = &j->result;
+        else if (strcmp(k, "error") == 0) s = &j->error;
+        else if (strcmp(k, "history") == 0) s = &j->history;
+        else if (strcmp(k, "pmsg") == 0) s = &j->progress_message;
+        else if (strcmp(k, "worker") == 0) s = &j->worker;
+        else if (strcmp(k, "attempt") == 0) n = &j->attempt;
+        else if (strcmp(k, "max_attempts") == 0) n = &j->max_attempts;
+        else if (strcmp(k, "priority") == 0) n = &j->priority;
+        else if (strcmp(k, "progress") == 0) n = &j->progress;
+        else if (strcmp(k, "cancel") == 0) n = &j->cancel_requested;
+        else if (strcmp(k, "created") == 0) t = &j->created_ms;
+        else if (strcmp(k, "run_at") == 0) t = &j->run_at_ms;
+        else if (strcmp(k, "started") == 0) t = &j->started_ms;
+        else if (strcmp(k, "finished") == 0) t = &j->finished_ms;
+        else if (strcmp(k, "updated") == 0) t = &j->updated_ms;
+        if (s) {
+            free(*s);
+            if (!(*s = dup_reply(v))) goto fail_oom;
+        } else if (n) {
+            *n = atoi(v->str);
+        } else if (t) {
+            *t = strtoll(v->str, NULL, 10);
+        }
+    }
+    if (!j->status) { /* a hash without status is not one of ours */
+        q_job_free(j);
+        return Q_ENOTFOUND;
+    }
+    *out = j;
+    if (rec) {
+        q_record_t d;
+        char why[128];
+        if (q_record_decode(rec->str, rec->len, &d, why, sizeof(why)) != 0) return Q_ECORRUPT;
+        j->input = d.input;
+        j->idempotency_key = d.idempotency_key;
+        j->timeout_ms = d.timeout_ms;
+        d.input = d.idempotency_key = NULL;
+        q_record_clear(&d);
+    }
+    return 0;
+fail_oom:
+    q_job_free(j);
+    return Q_ENOMEM;
+}
+
+int q_job_get(q_conn_t *c, const char *id, q_job_t **out)
+{
+    *out = NULL;
+    if (!q_valid_id(id)) return Q_ENOTFOUND;
+    redisReply *r = q_command(c, "HGETALL %sjob:%s", c->prefix, id);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return Q_EREDIS;
+    }
+    int rc = job_from_hash(id, r, out);
+    freeReplyObject(r);
+    return rc;
+}
+
+int q_job_get_many(q_conn_t *c, const char *const *ids, int n, q_job_t **out)
+{
+    redisContext *rc = q_conn_redis(c);
+    int err = 0;
+    for (int i = 0; i < n; i++) out[i] = NULL;
+    if (!rc) return Q_EREDIS;
+    for (int i = 0; i < n; i++)
+        if (redisAppendCommand(rc, "HGETALL %sjob:%s", c->prefix, ids[i]) != REDIS_OK) {
+            drop(c);
+            return Q_EREDIS;
+        }
+    for (int i = 0; i < n; i++) {
+        void *r = NULL;
+        if (redisGetReply(rc, &r) != REDIS_OK) {
+            checked(c, NULL);
+            for (int k = 0; k < i; k++) q_job_free(out[k]), out[k] = NULL;
+            return Q_EREDIS;
+        }
+        int e = job_from_hash(ids[i], r, &out[i]);
+        if (e == Q_ENOMEM) err = Q_ENOMEM;
+        freeReplyObject(r);
+    }
+    return err;
+}
+
+/* ---- cancel / retry ------------------------------------------------------------- */
+
+/* Runs a script whose reply is a status string, copied into out (>= 32 bytes). */
+static int run_status(q_conn_t *c, q_argv_t *a, char *out)
+{
+    redisReply *r = run(c, a);
+    if (!r) return Q_EREDIS;
+    int ok = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS;
+    if (ok) snprintf(out, 32, "%.*s", (int)r->len, r->str);
+    freeReplyObject(r);
+    return ok ? 0 : Q_EREDIS;
+}
+
+int q_cancel(q_conn_t *c, const char *id, char *result)
+{
+    char k_job[128], k_done[128], ch_done[128], ch_cancel[128];
+    if (!q_valid_id(id)) return Q_ENOTFOUND;
+    snprintf(k_job, sizeof(k_job), "%sjob:%s", c->prefix, id);
+    snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
+    q_channel_done(c->prefix, ch_done, sizeof(ch_done));
+    q_channel_cancel(c->prefix, ch_cancel, sizeof(ch_cancel));
+    const char *keys[] = {k_job, k_done, NULL};
+    const char *args[] = {c->prefix, id, ch_done, ch_cancel, NULL};
+    int rc = run_status(c, script(QS_CANCEL, keys, args), result);
+    if (rc) return rc;
+    if (strcmp(result, "not_found") == 0) return Q_ENOTFOUND;
+    if (strcmp(result, "canceled") == 0 || strcmp(result, "cancel_requested") == 0) return 0;
+    return Q_ECONFLICT;
+}
+
+int q_retry(q_conn_t *c, const char *id, char *status_out)
+{
+    char k_job[128], k_seq[128], k_done[128];
+    if (!q_valid_id(id)) return Q_ENOTFOUND;
+    snprintf(k_job, sizeof(k_job), "%sjob:%s", c->prefix, id);
+    snprintf(k_seq, sizeof(k_seq), "%sseq", c->prefix);
+    snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
+    const char *keys[] = {k_job, k_seq, k_done, NULL};
+    const char *args[] = {c->prefix, id, NULL};
+    int rc = run_status(c, script(QS_RETRY, keys, args), status_out);
+    if (rc) return rc;
+    if (strcmp(status_out, "not_found") == 0) return Q_ENOTFOUND;
+    return strcmp(status_out, "queued") == 0 ? 0 : Q_ECONFLICT;
+}
+
+/* ---- listings and figures ------------------------------------------------------- */
+
+int q_owner_page(q_conn_t *c, const char *owner, int64_t before_ms, const char *before_id,
+                 int max, char (*ids)[Q_ID_SIZE], int64_t *created_ms)
+{
+    char maxs[32];
+    int n = 0;
+    if (before_ms > 0) snprintf(maxs, sizeof(maxs), "%lld", (long long)before_ms);
+    else snprintf(maxs, sizeof(maxs), "+inf");
+    /* Entries at before_ms with ids >= before_id were on earlier pages: ask for a few
+     * more and skip them. Ties at one millisecond are rare and bounded by the page. */
+    redisReply *r = q_command(c, "ZREVRANGEBYSCORE %sowner:%s %s -inf WITHSCORES LIMIT 0 %d",
+                              c->prefix, owner, maxs, max + 64);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return Q_EREDIS;
+    }
+    for (size_t i = 0; i + 1 < r->elements && n < max; i += 2) {
+        const redisReply *m = r->element[i], *s = r->element[i + 1];
+        if (m->type != REDIS_REPLY_STRING || m->len >= Q_ID_SIZE) continue;
+        int64_t t = strtoll(s->str, NULL, 10);
+        if (before_ms > 0 && before_id && t == before_ms && strcmp(m->str, before_id) >= 0)
+            continue;
+        memcpy(ids[n], m->str, m->len);
+        ids[n][m->len] = '\0';
+        created_ms[n++] = t;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+void q_names_free(char **names, int n)
+{
+    if (!names) return;
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+int q_queue_names(q_conn_t *c, char ***names, int *n)
+{
+    *names = NULL;
+    *n = 0;
+    redisReply *r = q_command(c, "SMEMBERS %squeues", c->prefix);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return Q_EREDIS;
+    }
+    char **v = calloc(r->elements + 1, sizeof(char *));
+    if (!v) {
+        freeReplyObject(r);
+        return Q_ENOMEM;
+    }
+    int k = 0;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING && q_valid_queue(r->element[i]->str))
+            if ((v[k] = strdup(r->element[i]->str))) k++;
+    freeReplyObject(r);
+    *names = v;
+    *n = k;
+    return 0;
+}
+
+static long long hash_int(const redisReply *h, const char *field)
+{
+    for (size_t i = 0; h && h->type == REDIS_REPLY_ARRAY && i + 1 < h->elements; i += 2)
+        if (h->element[i]->str && strcmp(h->element[i]->str, field) == 0)
+            return strtoll(h->element[i + 1]->str, NULL, 10);
+    return 0;
+}
+
+int q_queue_stats(q_conn_t *c, json_t **out)
+{
+    static const char *sets[] = {"ready", "working", "scheduled", "dead"};
+    char **names;
+    int n, rc = 0;
+    redisContext *rcx;
+    *out = NULL;
+    if ((rc = q_queue_names(c, &names, &n)) != 0) return rc;
+    if (!(rcx = q_conn_redis(c))) {
+        q_names_free(names, n);
+        return Q_EREDIS;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int s = 0; s < 4; s++)
+            redisAppendCommand(rcx, "ZCARD %s{%s}:%s", c->prefix, names[i], sets[s]);
+        redisAppendCommand(rcx, "HGETALL %s{%s}:stats", c->prefix, names[i]);
+    }
+    json_t *arr = json_array();
+    long long minute = cm_now_ms() / 60000 - 1; /* the last whole minute */
+    for (int i = 0; i < n && rc == 0; i++) {
+        long long cnt[4];
+        redisReply *r = NULL;
+        for (int s = 0; s < 5; s++) {
+            void *x = NULL;
+            if (redisGetReply(rcx, &x) != REDIS_OK) {
+                checked(c, NULL);
+                rc = Q_EREDIS;
+                break;
+            }
+            if (s < 4) {
+                cnt[s] = ((redisReply *)x)->type == REDIS_REPLY_INTEGER
+                             ? ((redisReply *)x)->integer : 0;
+                freeReplyObject(x);
+            } else {
+                r = x;
+            }
+        }
+        if (rc) break;
+        char ok_min[48], fail_min[48];
+        snprintf(ok_min, sizeof(ok_min), "succeeded:%lld", minute);
+        snprintf(fail_min, sizeof(fail_min), "failed:%lld", minute);
+        json_array_append_new(
+            arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I}}", "name",
+                           names[i], "ready", cnt[0], "running", cnt[1], "scheduled", cnt[2],
+                           "dead", cnt[3], "processed", hash_int(r, "succeeded"), "failed",
+                           hash_int(r, "failed"), "retried", hash_int(r, "retried"),
+                           "canceled", hash_int(r, "canceled"), "deadTotal",
+                           hash_int(r, "dead"), "lastMinute", "succeeded",
+                           hash_int(r, ok_min), "failed", hash_int(r, fail_min)));
+        freeReplyObject(r);
+    }
+    q_names_free(names, n);
+    if (rc) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
+/* ---- scheduler duties ----------------------------------------------------------- */
+
+/* Runs a script whose reply is an integer. Returns it, or Q_EREDIS. */
+static long long run_int(q_conn_t *c, q_argv_t *a)
+{
+    redisReply *r = run(c, a);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : Q_EREDIS;
+    freeReplyObject(r);
+    return v;
+}
+
+int q_leader(q_conn_t *c, const char *duty, const char *candidate, int ttl_ms)
+{
+    char key[160], ttl[16];
+    snprintf(key, sizeof(key), "%sleader:%s", c->prefix, duty);
+    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
+    const char *keys[] = {key, NULL}, *args[] = {candidate, ttl, NULL};
+    return (int)run_int(c, script(QS_LEADER, keys, args));
+}
+
+int q_promote(q_conn_t *c, const char *queue, int limit)
+{
+    char k_s[160], k_r[160], k_m[160], k_seq[128], lim[16];
+    snprintf(k_s, sizeof(k_s), "%s{%s}:scheduled", c->prefix, queue);
+    snprintf(k_r, sizeof(k_r), "%s{%s}:ready", c->prefix, queue);
+    snprintf(k_m, sizeof(k_m), "%s{%s}:marker", c->prefix, queue);
+    snprintf(k_seq, sizeof(k_seq), "%sseq", c->prefix);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    const char *keys[] = {k_s, k_r, k_m, k_seq, NULL}, *args[] = {c->prefix, lim, NULL};
+    return (int)run_int(c, script(QS_PROMOTE, keys, args));
+}
+
+int q_reclaim(q_conn_t *c, const char *queue, int limit)
+{
+    char k_w[160], k_r[160], k_m[160], k_d[160], k_done[128], k_st[160], lim[16], ch[128];
+    snprintf(k_w, sizeof(k_w), "%s{%s}:working", c->prefix, queue);
+    snprintf(k_r, sizeof(k_r), "%s{%s}:ready", c->prefix, queue);
+    snprintf(k_m, sizeof(k_m), "%s{%s}:marker", c->prefix, queue);
+    snprintf(k_d, sizeof(k_d), "%s{%s}:dead", c->prefix, queue);
+    snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
+    snprintf(k_st, sizeof(k_st), "%s{%s}:stats", c->prefix, queue);
+    snprintf(lim, sizeof(lim), "%d", limit);
+    q_channel_done(c->prefix, ch, sizeof(ch));
+    const char *keys[] = {k_w, k_r, k_m, k_d, k_done, k_st, NULL};
+    const char *args[] = {c->prefix, lim, ch, NULL};
+    return (int)run_int(c, script(QS_RECLAIM, keys, args));
+}
+
+int q_done_batch(q_conn_t *c, int limit, q_job_t ***jobs, int *n)
+{
+    *jobs = NULL;
+    *n = 0;
+    redisReply *r = q_command(c, "ZRANGE %sdone 0 %d", c->prefix, limit - 1);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return Q_EREDIS;
+    }
+    int cnt = (int)r->elements, rc = 0, k = 0;
+    const char **ids = calloc((size_t)cnt + 1, sizeof(char *));
+    q_job_t **got = calloc((size_t)cnt + 1, sizeof(q_job_t *));
+    if (!ids || !got) {
+        rc = Q_ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < cnt; i++) ids[i] = r->element[i]->str;
+    if ((rc = q_job_get_many(c, ids, cnt, got)) != 0) goto out;
+    for (int i = 0; i < cnt; i++) {
+        if (got[i]) {
+            got[k++] = got[i];
+        } else {
+            /* the hash is gone (or not ours): nothing to archive */
+            freeReplyObject(q_command(c, "ZREM %sdone %s", c->prefix, ids[i]));
+        }
+    }
+    *jobs = got;
+    *n = k;
+    got = NULL;
+out:
+    free(got);
+    free(ids);
+    freeReplyObject(r);
+    return rc;
+}
+
+int q_mark_archived(q_conn_t *c, q_job_t *const *jobs, int n, int64_t retention_ms,
+                    int64_t dead_retention_ms)
+{
+    char k_done[128], ret[32], dret[32];
+    int total = 3 + 1 + 2 * n;
+    const char **v = calloc((size_t)total, sizeof(char *));
+    size_t *len = calloc((size_t)total, sizeof(size_t));
+    char (*upd)[24] = calloc((size_t)n + 1, sizeof(*upd));
+    long long rc = Q_ENOMEM;
+    if (!v || !len || !upd) goto out;
+    snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
+    snprintf(ret, sizeof(ret), "%lld", (long long)(retention_ms > 0 ? retention_ms : 1));
+    snprintf(dret, sizeof(dret), "%lld",
+             (long long)(dead_retention_ms > 0 ? dead_retention_ms : 1));
+    v[0] = k_done;
+    v[1] = c->prefix;
+    v[2] = ret;
+    v[3] = dret;
+    for (int i = 0; i < n; i++) {
+        snprintf(upd[i], sizeof(upd[i]), "%lld", (long long)jobs[i]->updated_ms);
+        v[4 + 2 * i] = jobs[i]->id;
+        v[5 + 2 * i] = upd[i];
+    }
+    for (int i = 0; i < total; i++) len[i] = strlen(v[i]);
+    rc = run_int(c, script_bin(QS_ARCHIVED, 1, total, v, len));
+out:
+    free(v);
+    free(len);
+    free(upd);
+    return (int)rc;
+}
+
+/* Sweeps one sorted set; returns the number removed or Q_EREDIS. */
+static int sweep_key(q_conn_t *c, const char *key, const char *cutoff)
+{
+    int removed = 0;
+    for (int round = 0; round < 100; round++) { /* bounded: at most 100 x 500 entries */
+        const char *keys[] = {key, NULL}, *args[] = {c->prefix, cutoff, "500", NULL};
+        redisReply *r = run(c, script(QS_SWEEP, keys, args));
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return Q_EREDIS;
+        }
+        long long seen = r->element[0]->integer, gone = r->element[1]->integer;
+        freeReplyObject(r);
+        removed += (int)gone;
+        if (seen < 500 || gone == 0) break;
+    }
+    return removed;
+}
+
+int q_sweep(q_conn_t *c, int64_t cutoff_ms)
+{
+    char cutoff[32], pattern[128], cursor[32] = "0";
+    int removed = 0;
+    snprintf(cutoff, sizeof(cutoff), "%lld", (long long)cutoff_ms);
+    snprintf(pattern, sizeof(pattern), "%sowner:*", c->prefix);
+    do {
+        redisReply *r = q_command(c, "SCAN %s MATCH %s COUNT 500", cursor, pattern);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return Q_EREDIS;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++) {
+            int n = sweep_key(c, r->element[1]->element[i]->str, cutoff);
+            if (n > 0) removed += n;
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+
+    char **names, key[160];
+    int nq;
+    if (q_queue_names(c, &names, &nq) != 0) return Q_EREDIS;
+    for (int i = 0; i < nq; i++) {
+        snprintf(key, sizeof(key), "%s{%s}:dead", c->prefix, names[i]);
+        int n = sweep_key(c, key, cutoff);
+        if (n > 0) removed += n;
+    }
+    q_names_free(names, nq);
+    return removed;
+}

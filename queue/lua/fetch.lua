@@ -1,0 +1,35 @@
+-- fetch: pop up to n ready jobs and lease them, in one step (nothing is lost if the
+-- worker dies after this: the lease expires and the scheduler re-queues the job).
+-- KEYS: 1 ready, 2 working, 3 marker, 4 dead, 5 done
+-- ARGV: 1 key prefix ("cv:"), 2 n, 3 lease ms, 4 worker id, 5 queue name
+-- Returns an array of {id, token, attempt, record}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[2])
+local out = {}
+while #out < n do
+  local p = redis.call('ZPOPMIN', KEYS[1])
+  if #p == 0 then break end
+  local id = p[1]
+  local jk = ARGV[1] .. 'job:' .. id
+  local st = redis.call('HGET', jk, 'status')
+  if st == 'queued' then
+    local tok = redis.call('HINCRBY', jk, 'token', 1)
+    local att = redis.call('HINCRBY', jk, 'attempt', 1)
+    redis.call('HSET', jk, 'status', 'running', 'worker', ARGV[4], 'started', now, 'updated', now,
+      'progress', 0)
+    redis.call('HDEL', jk, 'pmsg')
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+    out[#out + 1] = {id, tok, att, redis.call('HGET', jk, 'rec') or ''}
+  elseif not st then
+    -- The record is gone: keep the id, dead with the reason, rather than drop it.
+    redis.call('HSET', jk, 'status', 'dead', 'queue', ARGV[5], 'attempt', 0, 'max_attempts', 0,
+      'created', now, 'updated', now, 'finished', now, 'error',
+      '{"code":"CORRUPT_RECORD","message":"job record missing from Redis","retryable":false}')
+    redis.call('ZADD', KEYS[4], now, id)
+    redis.call('ZADD', KEYS[5], now, id)
+  end
+  -- any other status: a stale entry of a job that moved on; drop it
+end
+if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('ZADD', KEYS[3], 0, 'w') end
+return out
