@@ -82,7 +82,12 @@ cleanup() {
     kill_group
     if [[ -n $TAIL_PID ]]; then kill "$TAIL_PID" 2>/dev/null || true; fi
     if [[ -n $TMP ]]; then
-        "$ROOT/ops/services.sh" stop "$TMP" || rc=1
+        # quiet unless it fails: the summary must stay the last line
+        local out
+        if ! out=$("$ROOT/ops/services.sh" stop "$TMP" 2>&1); then
+            printf '%s\n' "$out" >&2
+            rc=1
+        fi
         rm -rf -- "$TMP"
     fi
     exit "$rc"
@@ -238,12 +243,9 @@ main() {
     run_integration_tests
 
     header "summary"
-    say "$PASSED passed, $FAILED failed"
-    if ((FAILED > 0)); then exit 1; fi
-    if ((PASSED == 0)); then
-        say "nothing ran: that counts as a failure"
-        exit 1
-    fi
+    if ((PASSED + FAILED == 0)); then say "nothing ran: that counts as a failure"; fi
+    say "$PASSED passed, $FAILED failed" # the last line of output
+    if ((FAILED > 0 || PASSED == 0)); then exit 1; fi
 }
 
 main "$@"

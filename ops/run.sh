@@ -14,10 +14,13 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
-cd "$ROOT"
 
-VAR=${CONVEYOR_VAR:-$PWD/var}
-BIN=${CONVEYOR_BIN:-bin/conveyor}
+# abs PATH — PATH made absolute against the caller's working directory.
+abs() { if [[ $1 == /* ]]; then printf '%s\n' "$1"; else printf '%s\n' "$PWD/$1"; fi; }
+
+VAR=$(abs "${CONVEYOR_VAR:-$ROOT/var}")
+BIN=$(abs "${CONVEYOR_BIN:-$ROOT/bin/conveyor}")
+cd "$ROOT"
 REDIS_PORT=${CONVEYOR_RUN_REDIS_PORT:-16379}
 PG_PORT=${CONVEYOR_RUN_PG_PORT:-15432}
 CONVEYOR_LISTEN=${CONVEYOR_LISTEN:-127.0.0.1:8080}

@@ -1,0 +1,110 @@
+/* tests/unit/common/test_common.c — configuration table and small helpers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/util.h"
+
+static void test_config_defaults(void **state)
+{
+    (void)state;
+    char err[256];
+    unsetenv("CONVEYOR_REDIS_URL");
+    unsetenv("CONVEYOR_CONCURRENCY");
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_host, "127.0.0.1");
+    assert_int_equal(cm_cfg.redis_port, 6379);
+    assert_int_equal(cm_cfg.concurrency, 100);
+    assert_int_equal(cm_cfg.max_body_bytes, 1048576);
+    assert_true(cm_cfg.backoff_scale == 1.0);
+    cm_config_free();
+    assert_null(cm_cfg.listen);
+}
+
+static void test_config_values_and_errors(void **state)
+{
+    (void)state;
+    char err[256];
+    setenv("CONVEYOR_REDIS_URL", "redis://10.1.2.3:6390/", 1);
+    setenv("CONVEYOR_CONCURRENCY", "7", 1);
+    setenv("CONVEYOR_BACKOFF_SCALE", "0.001", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_host, "10.1.2.3");
+    assert_int_equal(cm_cfg.redis_port, 6390);
+    assert_int_equal(cm_cfg.concurrency, 7);
+    assert_true(cm_cfg.backoff_scale > 0.0009 && cm_cfg.backoff_scale < 0.0011);
+
+    setenv("CONVEYOR_CONCURRENCY", "12abc", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "CONVEYOR_CONCURRENCY"));
+    setenv("CONVEYOR_CONCURRENCY", "0", 1); /* below the minimum */
+    assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+    unsetenv("CONVEYOR_CONCURRENCY");
+
+    setenv("CONVEYOR_REDIS_URL", "redis://host:99999", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "port"));
+    unsetenv("CONVEYOR_REDIS_URL");
+
+    setenv("CONVEYOR_PG_SCHEMA", "bad;schema", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "CONVEYOR_PG_SCHEMA"));
+    unsetenv("CONVEYOR_PG_SCHEMA");
+    unsetenv("CONVEYOR_BACKOFF_SCALE");
+    cm_config_free();
+}
+
+static void test_config_table(void **state)
+{
+    (void)state;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cm_config_print_table(f);
+    fclose(f);
+    assert_non_null(strstr(buf, "| `CONVEYOR_OPERATOR_TOKEN` |"));
+    assert_non_null(strstr(buf, "| `CONVEYOR_LEASE_MS` | `30000` |"));
+    free(buf);
+}
+
+static void test_secure_equal(void **state)
+{
+    (void)state;
+    assert_true(cm_secure_equal("secret-token", "secret-token"));
+    assert_false(cm_secure_equal("secret-token", "secret-tokeN"));
+    assert_false(cm_secure_equal("secret-token", "secret-token2"));
+    assert_false(cm_secure_equal("", "x"));
+    assert_true(cm_secure_equal("", ""));
+}
+
+static void test_random_id_and_time(void **state)
+{
+    (void)state;
+    char a[40], b[40], small[8], t[40];
+    assert_int_equal(cm_random_id(a, sizeof(a), "req_", 20), 0);
+    assert_int_equal(cm_random_id(b, sizeof(b), "req_", 20), 0);
+    assert_int_equal(strlen(a), 24);
+    assert_string_not_equal(a, b);
+    assert_int_equal(cm_random_id(small, sizeof(small), "req_", 20), -1);
+    cm_format_time(1700000000123LL, t, sizeof(t));
+    assert_string_equal(t, "2023-11-14T22:13:20.123Z");
+    char hex[65];
+    cm_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_defaults), cmocka_unit_test(test_config_values_and_errors),
+        cmocka_unit_test(test_config_table),    cmocka_unit_test(test_secure_equal),
+        cmocka_unit_test(test_random_id_and_time),
+    };
+    return cmocka_run_group_tests_name("common", tests, NULL, NULL);
+}
