@@ -1,4 +1,5 @@
 /* cli/main.c — `conveyor <command>`: one binary for every process and operator command. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -48,6 +49,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cm_log_init(cmd, cm_cfg.log_level);
+    signal(SIGPIPE, SIG_IGN); /* a write to a closed socket is an error, not a death */
     argc -= 1;
     argv += 1;
     if (strcmp(cmd, "api") == 0)

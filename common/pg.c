@@ -20,11 +20,22 @@ struct cm_pg_pool {
     PGconn **idle;
 };
 
+/* libpq prints server notices on stderr; keep them in the JSON log instead. */
+static void on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    LOG_DEBUG("postgresql: %s", message);
+}
+
 PGconn *cm_pg_connect(void)
 {
     char options[512];
-    const char *keys[] = {"dbname", "options", "connect_timeout", "application_name", NULL};
-    const char *vals[] = {cm_cfg.database_url, options, "5", "conveyor", NULL};
+    /* keepalives and tcp_user_timeout bound a query on a dead network path */
+    const char *keys[] = {"dbname", "options", "connect_timeout", "application_name",
+                          "keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout", NULL};
+    const char *vals[] = {cm_cfg.database_url, options, "5", "conveyor", "10", "5", "3",
+                          "30000", NULL};
     PGconn *c;
 
     /* The schema name was checked by cm_config_load to be a plain identifier. */
@@ -37,6 +48,7 @@ PGconn *cm_pg_connect(void)
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, on_notice, NULL);
     return c;
 }
 

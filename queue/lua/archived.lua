@@ -13,7 +13,7 @@ for i = 4, #ARGV - 1, 2 do
   if not st then
     redis.call('ZREM', KEYS[1], id)
   elseif st == 'succeeded' or st == 'canceled' or st == 'failed' or st == 'dead' then
-    if cur[2] == ARGV[i + 1] then
+    if (cur[2] or '0') == ARGV[i + 1] then
       redis.call('ZREM', KEYS[1], id)
       local ttl = ARGV[2]
       if st == 'failed' or st == 'dead' then ttl = ARGV[3] end
