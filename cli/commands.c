@@ -26,12 +26,26 @@ static int fail(const char *what, int err)
     return err == Q_ENOTFOUND ? 3 : 1;
 }
 
+#define ENQUEUE_MAX_COUNT 10000000 /* `enqueue --count N`: N copies (load tests) */
+
+/* The decimal count in s, or 0 when s is not a plain decimal number. */
+static long parse_count(const char *s)
+{
+    char *end;
+    long n = strtol(s, &end, 10);
+    return end != s && *end == '\0' ? n : 0;
+}
+
+/* conveyor enqueue TYPE [INPUT] [--queue Q] [--delay S] [--priority P] [--max-attempts N]
+ * [--count N] — prints the job id, or the number of jobs when N > 1 (one round trip
+ * per job). Returns the exit status. */
 static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
 {
     q_new_job_t job = {.queue = "default", .owner = "operator", .input = "{}",
                        .priority = Q_PRIORITY_DEFAULT, .max_attempts = cm_cfg.max_attempts};
     char id[Q_ID_SIZE], *input = NULL;
-    int outcome, rc, pos = 0;
+    long count = 1;
+    int outcome, rc = 0, pos = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -39,6 +53,7 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
         else if (strcmp(a, "--delay") == 0 && v) job.run_at_ms = cm_now_ms() + (int64_t)(atof(argv[++i]) * 1000);
         else if (strcmp(a, "--priority") == 0 && v) job.priority = atoi(argv[++i]);
         else if (strcmp(a, "--max-attempts") == 0 && v) job.max_attempts = atoi(argv[++i]);
+        else if (strcmp(a, "--count") == 0 && v) count = parse_count(argv[++i]);
         else if (pos == 0 && a[0] != '-') job.type = a, pos++;
         else if (pos == 1 && a[0] != '-') job.input = a, pos++;
         else {
@@ -48,18 +63,24 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
     }
     json_error_t e;
     json_t *parsed = json_loads(job.input, 0, &e);
-    if (!job.type || !json_is_object(parsed)) {
-        fprintf(stderr, "conveyor enqueue: need TYPE and a JSON object as input\n");
+    if (!job.type || !json_is_object(parsed) || count < 1 || count > ENQUEUE_MAX_COUNT) {
+        fprintf(stderr, "conveyor enqueue: need TYPE, a JSON object as input and a --count "
+                        "of 1-%d\n", ENQUEUE_MAX_COUNT);
         json_decref(parsed);
         return 2;
     }
     input = json_dumps(parsed, JSON_COMPACT);
     json_decref(parsed);
     job.input = input;
-    rc = q_enqueue(c, &job, id, &outcome);
+    long done = 0;
+    while (done < count && (rc = q_enqueue(c, &job, id, &outcome)) == 0) done++;
     free(input);
-    if (rc) return fail("enqueue", rc);
-    puts(id);
+    if (rc) {
+        if (done > 0) fprintf(stderr, "conveyor enqueue: %ld of %ld enqueued\n", done, count);
+        return fail("enqueue", rc);
+    }
+    if (count > 1) printf("%ld\n", count);
+    else puts(id);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "queue/queue.h"
@@ -209,7 +210,7 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     rec.owner = (char *)job->owner;
     rec.input = (char *)(job->input ? job->input : "{}");
     rec.idempotency_key = (char *)job->idempotency_key;
-    rec.max_attempts = job->max_attempts > 0 ? job->max_attempts : 25;
+    rec.max_attempts = job->max_attempts > 0 ? job->max_attempts : cm_cfg.max_attempts;
     rec.priority = job->priority;
     rec.timeout_ms = job->timeout_ms > 0 ? job->timeout_ms : 0;
     if (q_record_encode(&rec, &packed, &packed_len) != 0) return Q_ENOMEM;
@@ -385,9 +386,14 @@ static int run_status(q_conn_t *c, q_argv_t *a, char *out)
     redisReply *r = run(c, a);
     if (!r) return Q_EREDIS;
     int ok = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS;
-    if (ok) snprintf(out, 32, "%.*s", (int)r->len, r->str);
+    if (ok) {
+        /* "is:<status>": the job is in a state that forbids the move */
+        size_t skip = r->len > 3 && memcmp(r->str, "is:", 3) == 0 ? 3 : 0;
+        snprintf(out, 32, "%.*s", (int)(r->len - skip), r->str + skip);
+        ok = skip ? 2 : 1;
+    }
     freeReplyObject(r);
-    return ok ? 0 : Q_EREDIS;
+    return ok == 2 ? Q_ECONFLICT : ok ? 0 : Q_EREDIS;
 }
 
 int q_cancel(q_conn_t *c, const char *id, char *result)
@@ -401,10 +407,8 @@ int q_cancel(q_conn_t *c, const char *id, char *result)
     const char *keys[] = {k_job, k_done, NULL};
     const char *args[] = {c->prefix, id, ch_done, ch_cancel, NULL};
     int rc = run_status(c, script(QS_CANCEL, keys, args), result);
-    if (rc) return rc;
-    if (strcmp(result, "not_found") == 0) return Q_ENOTFOUND;
-    if (strcmp(result, "canceled") == 0 || strcmp(result, "cancel_requested") == 0) return 0;
-    return Q_ECONFLICT;
+    if (rc == 0 && strcmp(result, "not_found") == 0) return Q_ENOTFOUND;
+    return rc;
 }
 
 int q_retry(q_conn_t *c, const char *id, char *status_out)
@@ -417,9 +421,8 @@ int q_retry(q_conn_t *c, const char *id, char *status_out)
     const char *keys[] = {k_job, k_seq, k_done, NULL};
     const char *args[] = {c->prefix, id, NULL};
     int rc = run_status(c, script(QS_RETRY, keys, args), status_out);
-    if (rc) return rc;
-    if (strcmp(status_out, "not_found") == 0) return Q_ENOTFOUND;
-    return strcmp(status_out, "queued") == 0 ? 0 : Q_ECONFLICT;
+    if (rc == 0 && strcmp(status_out, "not_found") == 0) return Q_ENOTFOUND;
+    return rc;
 }
 
 /* ---- listings and figures ------------------------------------------------------- */
@@ -504,17 +507,18 @@ int q_queue_stats(q_conn_t *c, json_t **out)
         q_names_free(names, n);
         return Q_EREDIS;
     }
+    long long minute = cm_now_ms() / 60000 - 1; /* the last whole minute */
     for (int i = 0; i < n; i++) {
         for (int s = 0; s < 4; s++)
             redisAppendCommand(rcx, "ZCARD %s{%s}:%s", c->prefix, names[i], sets[s]);
         redisAppendCommand(rcx, "HGETALL %s{%s}:stats", c->prefix, names[i]);
+        redisAppendCommand(rcx, "HGETALL %s{%s}:stats:%lld", c->prefix, names[i], minute);
     }
     json_t *arr = json_array();
-    long long minute = cm_now_ms() / 60000 - 1; /* the last whole minute */
     for (int i = 0; i < n && rc == 0; i++) {
         long long cnt[4];
-        redisReply *r = NULL;
-        for (int s = 0; s < 5; s++) {
+        redisReply *r = NULL, *m = NULL;
+        for (int s = 0; s < 6; s++) {
             void *x = NULL;
             if (redisGetReply(rcx, &x) != REDIS_OK) {
                 checked(c, NULL);
@@ -525,14 +529,16 @@ int q_queue_stats(q_conn_t *c, json_t **out)
                 cnt[s] = ((redisReply *)x)->type == REDIS_REPLY_INTEGER
                              ? ((redisReply *)x)->integer : 0;
                 freeReplyObject(x);
-            } else {
+            } else if (s == 4) {
                 r = x;
+            } else {
+                m = x;
             }
         }
-        if (rc) break;
-        char ok_min[48], fail_min[48];
-        snprintf(ok_min, sizeof(ok_min), "succeeded:%lld", minute);
-        snprintf(fail_min, sizeof(fail_min), "failed:%lld", minute);
+        if (rc) {
+            freeReplyObject(r);
+            break;
+        }
         json_array_append_new(
             arr, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I}}", "name",
                            names[i], "ready", cnt[0], "running", cnt[1], "scheduled", cnt[2],
@@ -540,8 +546,9 @@ int q_queue_stats(q_conn_t *c, json_t **out)
                            hash_int(r, "failed"), "retried", hash_int(r, "retried"),
                            "canceled", hash_int(r, "canceled"), "deadTotal",
                            hash_int(r, "dead"), "lastMinute", "succeeded",
-                           hash_int(r, ok_min), "failed", hash_int(r, fail_min)));
+                           hash_int(m, "succeeded"), "failed", hash_int(m, "failed")));
         freeReplyObject(r);
+        freeReplyObject(m);
     }
     q_names_free(names, n);
     if (rc) {

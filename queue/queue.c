@@ -271,29 +271,68 @@ fail:
     return NULL;
 }
 
+/* The vector of a finish: 5 keys, prefix, channel, then one group of 5 per job. */
+#define FINISH_HEAD (3 + 5 + 2)
+#define FINISH_GROUP 5
+
 q_argv_t *q_cmd_finish(const char *prefix, const char *queue, const char *id, long long token,
                        const char *outcome, const char *payload, int64_t delay_ms)
 {
     char chan[256];
-    q_argv_t *a = argv_script(QS_FINISH, 6, 16);
+    q_argv_t *a = argv_script(QS_FINISH, 5, FINISH_HEAD + FINISH_GROUP);
     if (!a) return NULL;
     q_channel_done(prefix, chan, sizeof(chan));
-    ADD(argv_fmt(a, "%sjob:%s", prefix, id));
     ADD(argv_qkey(a, prefix, queue, "working"));
     ADD(argv_qkey(a, prefix, queue, "scheduled"));
     ADD(argv_qkey(a, prefix, queue, "dead"));
     ADD(argv_fmt(a, "%sdone", prefix));
     ADD(argv_qkey(a, prefix, queue, "stats"));
+    ADD(argv_str(a, prefix));
+    ADD(argv_str(a, chan));
     ADD(argv_str(a, id));
     ADD(argv_fmt(a, "%lld", token));
     ADD(argv_str(a, outcome));
     ADD(argv_str(a, payload ? payload : "{}"));
     ADD(argv_fmt(a, "%lld", (long long)delay_ms));
-    ADD(argv_str(a, chan));
     return a;
 fail:
     q_argv_free(a);
     return NULL;
+}
+
+/* 1 if a is a one-job finish vector (EVALSHA or EVAL form) for the queue of first. */
+static int finish_mergeable(const q_argv_t *a, const q_argv_t *first)
+{
+    return a->argc == FINISH_HEAD + FINISH_GROUP && strcmp(a->argv[0], "EVALSHA") == 0 &&
+           strcmp(a->argv[1], q_script_sha(QS_FINISH)) == 0 &&
+           strcmp(a->argv[3], first->argv[3]) == 0; /* same working set: same queue */
+}
+
+int q_cmd_finish_merge(q_argv_t *const *cmds, int n, q_argv_t **out)
+{
+    int k = 0;
+    *out = NULL;
+    while (k < n && finish_mergeable(cmds[k], cmds[0])) k++;
+    if (k < 2) return k;
+    q_argv_t *a = argv_new(FINISH_HEAD + FINISH_GROUP * k);
+    if (!a) return 1;
+    for (int j = 0; j < FINISH_HEAD; j++) ADD(argv_add(a, cmds[0]->argv[j], cmds[0]->len[j]));
+    for (int i = 0; i < k; i++)
+        for (int j = FINISH_HEAD; j < FINISH_HEAD + FINISH_GROUP; j++)
+            ADD(argv_add(a, cmds[i]->argv[j], cmds[i]->len[j]));
+    *out = a;
+    return k;
+fail:
+    q_argv_free(a);
+    return 1;
+}
+
+const char *q_finish_status(const redisReply *r, int i)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || i < 0 || (size_t)i >= r->elements ||
+        r->element[i]->type != REDIS_REPLY_STRING)
+        return NULL;
+    return r->element[i]->str;
 }
 
 q_argv_t *q_cmd_progress(const char *prefix, const char *id, long long token, int percent,

@@ -9,7 +9,8 @@
  *   Q scheduled        zset: due ms (delayed and waiting-to-retry jobs)
  *   Q dead             zset: time of death
  *   Q marker           zset: a worker blocks on it with BZPOPMIN (wake-up, no polling)
- *   Q stats            hash: counters per final status, and per status:minute
+ *   Q stats            hash: counters per final status; Q stats:<minute> the same
+ *                      per minute (expires after 2 h)
  *   P done             zset: terminal jobs waiting to be archived to PostgreSQL
  *   P owner:<owner>    zset: the owner's jobs by creation time
  *   P idem:<owner>:<sha256(key)>  "id requesthash" with a TTL
@@ -244,6 +245,14 @@ q_argv_t *q_cmd_fetch(const char *prefix, const char *queue, int n, int lease_ms
  * "canceled" (payload = error JSON {code,message,retryable}); delay_ms for "retry". */
 q_argv_t *q_cmd_finish(const char *prefix, const char *queue, const char *id, long long token,
                        const char *outcome, const char *payload, int64_t delay_ms);
+/* Merges the leading one-job finish vectors of cmds (from q_cmd_finish, for the queue of
+ * cmds[0]) into one call. Returns how many lead the array in that way; when 2 or more,
+ * *out is the merged vector (new; NULL if it could not be built: then 1 is returned). */
+int q_cmd_finish_merge(q_argv_t *const *cmds, int n, q_argv_t **out);
+/* The status a finish reply gives the i-th job of its call ("succeeded", "scheduled",
+ * "failed", "dead", "canceled", or "stale" when the lease was reclaimed), or NULL if
+ * the reply is not a finish reply. Borrowed from r. */
+const char *q_finish_status(const redisReply *r, int i);
 q_argv_t *q_cmd_progress(const char *prefix, const char *id, long long token, int percent,
                          const char *message);
 q_argv_t *q_cmd_heartbeat(const char *prefix, const char *queue, int lease_ms, int n,

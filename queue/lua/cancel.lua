@@ -2,7 +2,8 @@
 -- (its worker hears it on the cancel channel or at its next heartbeat).
 -- KEYS: 1 job hash, 2 done
 -- ARGV: 1 key prefix, 2 id, 3 "done" channel, 4 "cancel" channel
--- Returns "canceled", "cancel_requested", "not_found", or the terminal status it has.
+-- Returns "canceled", "cancel_requested", "not_found", or "is:<status>" when the status
+-- forbids it (already terminal, or a cancel already requested is reported again).
 local jk = KEYS[1]
 local cur = redis.call('HMGET', jk, 'status', 'queue')
 local st, q = cur[1], cur[2]
@@ -19,8 +20,9 @@ if st == 'queued' or st == 'scheduled' then
   redis.call('PUBLISH', ARGV[3], ARGV[2])
   return 'canceled'
 elseif st == 'running' then
+  if redis.call('HGET', jk, 'cancel') == '1' then return 'cancel_requested' end
   redis.call('HSET', jk, 'cancel', '1', 'updated', now)
   redis.call('PUBLISH', ARGV[4], ARGV[2])
   return 'cancel_requested'
 end
-return st
+return 'is:' .. st

@@ -1,27 +1,26 @@
 -- fetch: pop up to n ready jobs and lease them, in one step (nothing is lost if the
 -- worker dies after this: the lease expires and the scheduler re-queues the job).
 -- KEYS: 1 ready, 2 working, 3 marker, 4 dead, 5 done
--- ARGV: 1 key prefix ("cv:"), 2 n, 3 lease ms, 4 worker id, 5 queue name
+-- ARGV: 1 key prefix, 2 n, 3 lease ms, 4 worker id, 5 queue name
 -- Returns an array of {id, token, attempt, record}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[2])
+local lease_until = now + tonumber(ARGV[3])
+local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
 local out = {}
-while #out < n do
-  local p = redis.call('ZPOPMIN', KEYS[1])
-  if #p == 0 then break end
-  local id = p[1]
+for i = 1, #popped, 2 do
+  local id = popped[i]
   local jk = ARGV[1] .. 'job:' .. id
-  local st = redis.call('HGET', jk, 'status')
-  if st == 'queued' then
+  local cur = redis.call('HMGET', jk, 'status', 'rec')
+  if cur[1] == 'queued' then
     local tok = redis.call('HINCRBY', jk, 'token', 1)
     local att = redis.call('HINCRBY', jk, 'attempt', 1)
-    redis.call('HSET', jk, 'status', 'running', 'worker', ARGV[4], 'started', now, 'updated', now,
-      'progress', 0)
+    redis.call('HSET', jk, 'status', 'running', 'worker', ARGV[4], 'started', now,
+      'updated', now, 'progress', 0)
     redis.call('HDEL', jk, 'pmsg')
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
-    out[#out + 1] = {id, tok, att, redis.call('HGET', jk, 'rec') or ''}
-  elseif not st then
+    redis.call('ZADD', KEYS[2], lease_until, id)
+    out[#out + 1] = {id, tok, att, cur[2] or ''}
+  elseif not cur[1] then
     -- The record is gone: keep the id, dead with the reason, rather than drop it.
     redis.call('HSET', jk, 'status', 'dead', 'queue', ARGV[5], 'attempt', 0, 'max_attempts', 0,
       'created', now, 'updated', now, 'finished', now, 'error',
@@ -31,5 +30,5 @@ while #out < n do
   end
   -- any other status: a stale entry of a job that moved on; drop it
 end
-if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('ZADD', KEYS[3], 0, 'w') end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('ZADD', KEYS[3], 0, 'w') end
 return out

@@ -1,12 +1,12 @@
 -- retry: re-queue a dead or failed job by hand, with a fresh count of attempts.
 -- KEYS: 1 job hash, 2 sequence, 3 "done" set
 -- ARGV: 1 key prefix, 2 id
--- Returns "queued", "not_found", or the status that forbids it.
+-- Returns "queued", "not_found", or "is:<status>" when its status forbids it.
 local jk = KEYS[1]
 local cur = redis.call('HMGET', jk, 'status', 'queue', 'priority', 'rec')
 local st, q = cur[1], cur[2]
 if not st then return 'not_found' end
-if st ~= 'dead' and st ~= 'failed' then return st end
+if st ~= 'dead' and st ~= 'failed' then return 'is:' .. st end
 if not cur[4] then return 'not_found' end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

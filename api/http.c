@@ -1,0 +1,400 @@
+/* api/http.c — replies, errors, body and query parsing. */
+#include "api/http.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define HEAD_ROOM 1024   /* status line and headers, written just before the body */
+#define STACK_BODY 16384 /* bodies up to this size need no allocation */
+#define READ_CHUNK 16384
+
+/* ---- replies -------------------------------------------------------------------- */
+
+/* The reason phrase of status (civetweb's list misspells some). */
+static const char *reason(const api_req_t *r, int status)
+{
+    switch (status) {
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    default: return mg_get_response_code_text(r->conn, status);
+    }
+}
+
+/* The Connection header civetweb's keep-alive decision implies (HTTP/1.0 clients must
+ * be told), or "". */
+static const char *connection_header(const api_req_t *r)
+{
+    const char *h = mg_get_header(r->conn, "Connection");
+    int keep = !r->close && (h ? strcasestr(h, "keep-alive") != NULL
+                               : r->ri->http_version && strcmp(r->ri->http_version, "1.1") == 0);
+    if (!keep) return "Connection: close\r\n";
+    return h ? "Connection: keep-alive\r\n" : "";
+}
+
+int api_reply(api_req_t *r, int status, json_t *body, const char *headers)
+{
+    char stackbuf[HEAD_ROOM + STACK_BODY], head[HEAD_ROOM];
+    char *buf = stackbuf, *heap = NULL;
+    size_t n;
+    int hl;
+
+    if (!body) body = json_object();
+    n = json_dumpb(body, stackbuf + HEAD_ROOM, STACK_BODY, JSON_COMPACT);
+    if (n > STACK_BODY) {
+        size_t need = n;
+        if ((heap = malloc(HEAD_ROOM + need))) {
+            buf = heap;
+            n = json_dumpb(body, heap + HEAD_ROOM, need, JSON_COMPACT);
+        } else {
+            LOG_REQ_ERR(r->request_id, "out of memory for a %zu-byte reply", need);
+            status = 500;
+            n = 0;
+        }
+    }
+    json_decref(body);
+    hl = snprintf(head, sizeof(head),
+                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                  "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
+                  status, reason(r, status), n, r->request_id,
+                  connection_header(r), headers ? headers : "");
+    if (hl < 0 || hl >= HEAD_ROOM) { /* our own headers: cannot happen */
+        LOG_REQ_ERR(r->request_id, "reply headers too long");
+        hl = 0;
+    }
+    memcpy(buf + HEAD_ROOM - hl, head, (size_t)hl);
+    if (strcmp(r->ri->request_method, "HEAD") == 0) n = 0; /* Content-Length stays */
+    mg_write(r->conn, buf + HEAD_ROOM - hl, (size_t)hl + n);
+    free(heap);
+    r->status = status;
+    return status;
+}
+
+int api_error(api_req_t *r, int status, const char *code, json_t *details,
+              const char *headers, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    json_t *err = json_object(), *m;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!(m = json_string(msg))) m = json_string("invalid request"); /* not UTF-8 */
+    json_object_set_new(err, "code", json_string(code));
+    json_object_set_new(err, "message", m);
+    json_object_set_new(err, "details", details ? details : json_null());
+    json_object_set_new(err, "requestId", json_string(r->request_id));
+    return api_reply(r, status, json_pack("{s:o}", "error", err), headers);
+}
+
+int api_field_error(api_req_t *r, const char *field, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return api_error(r, 422, "VALIDATION_ERROR", json_pack("{s:s}", "field", field), NULL,
+                     "%s", msg);
+}
+
+int api_queue_error(api_req_t *r, int qerr)
+{
+    if (qerr == Q_EREDIS)
+        return api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
+                         "the queue is unavailable; try again shortly");
+    LOG_REQ_ERR(r->request_id, "queue call failed: %s", q_strerror(qerr));
+    return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+}
+
+/* ---- body ----------------------------------------------------------------------- */
+
+/* 1 if a Content-Type value names JSON: application/json, parameters allowed. */
+static int is_json_type(const char *ct)
+{
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t')) n--;
+    while (*ct == ' ' || *ct == '\t') ct++, n--;
+    return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
+static int too_large(api_req_t *r)
+{
+    r->close = 1; /* the rest of the body is not worth reading */
+    return api_error(r, 413, "PAYLOAD_TOO_LARGE",
+                     json_pack("{s:i}", "maxBytes", cm_cfg.max_body_bytes), NULL,
+                     "the request body is larger than %d bytes", cm_cfg.max_body_bytes);
+}
+
+/* Reads the whole body, at most max + 1 bytes. Returns 0 with *out (malloc'd, NUL
+ * added) and *len, or -1 after sending the error. */
+static int read_body(api_req_t *r, char **out, size_t *len)
+{
+    long long cl = r->ri->content_length;
+    size_t max = (size_t)cm_cfg.max_body_bytes, cap, n = 0;
+    char *buf;
+
+    *out = NULL;
+    *len = 0;
+    if (cl > (long long)max) return too_large(r); /* not read: civetweb discards it */
+    cap = cl > 0 ? (size_t)cl + 1 : READ_CHUNK;
+    if (!(buf = malloc(cap))) goto fail_oom;
+    for (;;) {
+        if (n + 1 >= cap) {
+            size_t ncap = cap * 2 > max + 2 ? max + 2 : cap * 2;
+            char *nb = realloc(buf, ncap);
+            if (!nb) goto fail_oom;
+            buf = nb;
+            cap = ncap;
+        }
+        int got = mg_read(r->conn, buf + n, cap - n - 1);
+        if (got < 0) {
+            free(buf);
+            return api_error(r, 400, "INVALID_REQUEST", NULL, NULL,
+                             "could not read the request body");
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+        if (n > max) {
+            free(buf);
+            return too_large(r);
+        }
+    }
+    if (cl > 0 && n < (size_t)cl) {
+        free(buf);
+        return api_error(r, 400, "INVALID_REQUEST", NULL, NULL, "the request body is incomplete");
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+fail_oom:
+    free(buf);
+    LOG_REQ_ERR(r->request_id, "out of memory reading a body");
+    return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+}
+
+int api_read_json(api_req_t *r, int required, json_t **out)
+{
+    const char *ct = mg_get_header(r->conn, "Content-Type");
+    json_error_t jerr;
+    char *buf;
+    size_t len;
+    json_t *j;
+
+    *out = NULL;
+    if (read_body(r, &buf, &len) != 0) return -1;
+    if (len == 0) {
+        free(buf);
+        if (!required) return 0;
+        api_error(r, 400, "INVALID_REQUEST", NULL, NULL, "a JSON request body is required");
+        return -1;
+    }
+    if (ct && !is_json_type(ct)) {
+        free(buf);
+        api_error(r, 415, "UNSUPPORTED_MEDIA_TYPE",
+                  json_pack("{s:s}", "expected", "application/json"), NULL,
+                  "the request body must be application/json");
+        return -1;
+    }
+    j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(buf);
+    if (!j) {
+        api_error(r, 400, "INVALID_REQUEST",
+                  json_pack("{s:i,s:i,s:i}", "line", jerr.line, "column", jerr.column,
+                            "position", jerr.position),
+                  NULL, "malformed JSON: %s", jerr.text);
+        return -1;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        api_error(r, 422, "VALIDATION_ERROR", NULL, NULL, "the request body must be a JSON object");
+        return -1;
+    }
+    *out = j;
+    return 0;
+}
+
+/* ---- query string --------------------------------------------------------------- */
+
+int api_query_check(api_req_t *r, const char *const *names)
+{
+    const char *qs = r->ri->query_string, *p, *end, *eq;
+    size_t used = 0;
+
+    r->nq = 0;
+    for (p = qs; p && *p; p = *end ? end + 1 : end) {
+        char key[64];
+        const char *name = NULL;
+        int kn, vn;
+
+        end = p + strcspn(p, "&");
+        if (end == p) continue;
+        eq = memchr(p, '=', (size_t)(end - p));
+        kn = mg_url_decode(p, (int)((eq ? eq : end) - p), key, sizeof(key), 1);
+        for (int i = 0; kn >= 0 && names && names[i] && !name; i++)
+            if (strcmp(names[i], key) == 0) name = names[i];
+        if (!name) {
+            const char *shown = kn >= 0 ? key : "?";
+            api_error(r, 422, "VALIDATION_ERROR", json_pack("{s:s}", "field", shown), NULL,
+                      "unknown query parameter '%s'", shown);
+            return -1;
+        }
+        if (api_query(r, name)) {
+            api_field_error(r, name, "query parameter '%s' is given more than once", name);
+            return -1;
+        }
+        if (r->nq == API_QUERY_MAX || used >= sizeof(r->qbuf)) {
+            vn = -1;
+        } else if (eq) {
+            vn = mg_url_decode(eq + 1, (int)(end - eq - 1), r->qbuf + used,
+                               (int)(sizeof(r->qbuf) - used), 1);
+        } else {
+            r->qbuf[used] = '\0';
+            vn = 0;
+        }
+        if (vn < 0) {
+            api_field_error(r, name, "query parameter '%s' is too long", name);
+            return -1;
+        }
+        r->qname[r->nq] = name;
+        r->qval[r->nq++] = r->qbuf + used;
+        used += (size_t)vn + 1;
+    }
+    return 0;
+}
+
+const char *api_query(const api_req_t *r, const char *name)
+{
+    for (int i = 0; i < r->nq; i++)
+        if (r->qname[i] == name || strcmp(r->qname[i], name) == 0) return r->qval[i];
+    return NULL;
+}
+
+int api_query_int(api_req_t *r, const char *name, long long min, long long max,
+                  long long def, long long *out)
+{
+    const char *v = api_query(r, name);
+    *out = def;
+    if (!v) return 0;
+    if (api_parse_int(v, min, max, out) == 0) return 0;
+    api_field_error(r, name, "query parameter '%s' must be an integer from %lld to %lld", name,
+                    min, max);
+    return -1;
+}
+
+/* ---- parsers -------------------------------------------------------------------- */
+
+int api_request_id_valid(const char *s)
+{
+    size_t n = 0;
+    if (!s) return 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= API_REQ_ID_MAX ||
+            !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return n > 0;
+}
+
+void api_request_id(const char *client, char out[API_REQ_ID_MAX + 1])
+{
+    if (api_request_id_valid(client)) {
+        snprintf(out, API_REQ_ID_MAX + 1, "%s", client);
+    } else if (cm_random_id(out, API_REQ_ID_MAX + 1, "req_", 20) != 0) {
+        snprintf(out, API_REQ_ID_MAX + 1, "req_unknown");
+    }
+}
+
+int api_parse_int(const char *s, long long min, long long max, long long *out)
+{
+    const char *p = s;
+    char *end;
+    long long v;
+
+    if (!p) return -1;
+    if (*p == '-') p++;
+    if (*p < '0' || *p > '9') return -1;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Reads n decimal digits at s into *out. Returns 0 or -1 (stops at the first non-digit,
+ * so it never reads past a NUL). */
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : dm[m - 1];
+}
+
+int api_parse_rfc3339(const char *s, int64_t *ms)
+{
+    int y, mo, d, h, mi, sec, frac = 0, off = 0;
+    const char *p = s;
+
+    if (!p || digits(p, 4, &y) || p[4] != '-' || digits(p + 5, 2, &mo) || p[7] != '-' ||
+        digits(p + 8, 2, &d) || (p[10] != 'T' && p[10] != 't') || digits(p + 11, 2, &h) ||
+        p[13] != ':' || digits(p + 14, 2, &mi) || p[16] != ':' || digits(p + 17, 2, &sec))
+        return -1;
+    p += 19;
+    if (*p == '.') {
+        int nd = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, nd++)
+            if (nd < 3) frac = frac * 10 + (*p - '0');
+        if (nd == 0) return -1;
+        for (; nd < 3; nd++) frac *= 10;
+    }
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om) || oh > 23 || om > 59)
+            return -1;
+        off = (*p == '-' ? -1 : 1) * (oh * 60 + om);
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
+        sec > 60)
+        return -1;
+    *ms = ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) - (int64_t)off * 60) *
+              1000 + frac;
+    return 0;
+}

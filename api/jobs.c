@@ -1,0 +1,645 @@
+/* api/jobs.c — the job endpoints. */
+#include "api/jobs.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/archive.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "workers/registry.h"
+
+#define WAIT_SLICE_MS 5000 /* a long-poll re-reads its job at least this often */
+#define SCAN_MAX 2000      /* owner index entries one listing reads from Redis */
+#define SCAN_BATCH 100
+#define LIMIT_DEFAULT 20
+#define LIMIT_MAX 100
+#define IDEM_KEY_MAX 255
+#define TIMEOUT_MAX_S 86400
+#define ATTEMPTS_MAX 1000
+
+static const char *const statuses[] = {"queued", "scheduled", "running", "succeeded",
+                                       "failed", "dead",      "canceled", NULL};
+
+/* ---- shared ---------------------------------------------------------------------- */
+
+static int not_found(api_req_t *r)
+{
+    return api_error(r, 404, "NOT_FOUND", NULL, NULL, "job not found");
+}
+
+static int archive_down(api_req_t *r)
+{
+    return api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
+                     "the job archive is unavailable; try again shortly");
+}
+
+static int visible(const api_req_t *r, const q_job_t *j)
+{
+    return r->who.role == API_ROLE_ADMIN || (j->owner && strcmp(j->owner, r->who.owner) == 0);
+}
+
+/* Reads job id from Redis, else from the archive (*hot, when not NULL, says which).
+ * Returns 0 with *out (caller frees), or the status of the error it sent: 404 also for a
+ * job the caller may not see. */
+static int load_job(api_req_t *r, const char *id, q_job_t **out, int *hot)
+{
+    int rc = q_job_get(r->q, id, out);
+    if (hot) *hot = rc != Q_ENOTFOUND;
+    if (rc == Q_ECORRUPT) rc = 0; /* shown without its input; the worker dead-letters it */
+    if (rc == Q_ENOTFOUND) {
+        rc = api_archive_get(r->pg, id, out);
+        if (rc == API_ARCH_ENOTFOUND) return not_found(r);
+        if (rc != 0) return archive_down(r);
+    } else if (rc != 0) {
+        return api_queue_error(r, rc);
+    }
+    if (!visible(r, *out)) {
+        q_job_free(*out);
+        *out = NULL;
+        return not_found(r);
+    }
+    return 0;
+}
+
+/* 202 with the job, Location and Retry-After, plus extra header lines (or NULL). */
+static int accepted(api_req_t *r, const q_job_t *job, const char *extra)
+{
+    char headers[256];
+    snprintf(headers, sizeof(headers), "Location: /v1/jobs/%s\r\nRetry-After: 1\r\n%s", job->id,
+             extra ? extra : "");
+    return api_reply(r, 202, q_job_to_json(job), headers);
+}
+
+static int conflict(api_req_t *r, const char *status, const char *what)
+{
+    return api_error(r, 409, "CONFLICT", json_pack("{s:s}", "status", status), NULL,
+                     "%s; its status is %s", what, status);
+}
+
+/* ---- POST /v1/jobs --------------------------------------------------------------- */
+
+#define FAIL(f, ...)                                                                     \
+    do {                                                                                 \
+        snprintf(field, flen, "%s", (f));                                                \
+        snprintf(msg, mlen, __VA_ARGS__);                                                \
+        return -1;                                                                       \
+    } while (0)
+
+/* The value of name in body, NULL when absent or null. */
+static const json_t *get(const json_t *body, const char *name)
+{
+    const json_t *v = json_object_get(body, name);
+    return json_is_null(v) ? NULL : v;
+}
+
+/* Reads integer field name of body into *out when present. Returns 1 when set, 0 when
+ * absent (or null), -1 when not an integer in [min, max] (field and msg set). */
+static int int_field(const json_t *body, const char *name, long long min, long long max,
+                     long long *out, char *field, size_t flen, char *msg, size_t mlen)
+{
+    const json_t *v = get(body, name);
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        FAIL(name, "%s must be an integer from %lld to %lld", name, min, max);
+    *out = json_integer_value(v);
+    return 1;
+}
+
+int api_job_spec_parse(const json_t *body, int64_t now_ms, api_job_spec_t *spec, char *field,
+                       size_t flen, char *msg, size_t mlen)
+{
+    static const char *const known[] = {"type",        "input",    "queue",
+                                        "delaySeconds", "runAt",    "maxAttempts",
+                                        "priority",     "timeoutSeconds", NULL};
+    const char *key;
+    const json_t *v, *delay, *run_at;
+    const wk_type_t *t;
+    long long n;
+    int rc;
+
+    memset(spec, 0, sizeof(*spec));
+    json_object_foreach((json_t *)body, key, v) {
+        int i = 0;
+        while (known[i] && strcmp(known[i], key) != 0) i++;
+        if (!known[i]) FAIL(key, "unknown field '%s'", key);
+    }
+
+    v = get(body, "type");
+    if (!json_is_string(v)) FAIL("type", "type is required and must be a string");
+    spec->type = json_string_value(v);
+    if (!q_valid_type(spec->type)) FAIL("type", "type is not a valid job type name");
+    if (!(t = wk_type_find(spec->type))) {
+        char names[256];
+        wk_type_names(names, sizeof(names));
+        FAIL("type", "unknown job type '%s' (known: %s)", spec->type, names);
+    }
+
+    v = get(body, "input");
+    if (v && !json_is_object(v)) FAIL("input", "input must be an object");
+    spec->input = v;
+    {
+        char f[64], m[192];
+        if (wk_type_validate(t, v, f, sizeof(f), m, sizeof(m)) != 0) FAIL(f, "%s %s", f, m);
+    }
+
+    spec->queue = "default";
+    if ((v = get(body, "queue"))) {
+        if (!json_is_string(v) || !q_valid_queue(json_string_value(v)))
+            FAIL("queue", "queue must be 1-%d characters of [A-Za-z0-9_.-]", Q_NAME_MAX);
+        spec->queue = json_string_value(v);
+    }
+
+    delay = get(body, "delaySeconds");
+    run_at = get(body, "runAt");
+    if (delay && run_at) FAIL("runAt", "give delaySeconds or runAt, not both");
+    if (delay) {
+        if (!json_is_number(delay) || json_number_value(delay) < 0 ||
+            json_number_value(delay) > API_MAX_DELAY_S)
+            FAIL("delaySeconds", "delaySeconds must be a number from 0 to %d", API_MAX_DELAY_S);
+        if (json_number_value(delay) > 0)
+            spec->run_at_ms = now_ms + (int64_t)llround(json_number_value(delay) * 1000.0);
+    }
+    if (run_at) {
+        int64_t ms;
+        if (!json_is_string(run_at) || api_parse_rfc3339(json_string_value(run_at), &ms) != 0)
+            FAIL("runAt", "runAt must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z");
+        if (ms > now_ms + (int64_t)API_MAX_DELAY_S * 1000)
+            FAIL("runAt", "runAt must be within %d seconds from now", API_MAX_DELAY_S);
+        if (ms > now_ms) spec->run_at_ms = ms;
+    }
+
+    spec->max_attempts = wk_type_max_attempts(t);
+    if ((rc = int_field(body, "maxAttempts", 1, ATTEMPTS_MAX, &n, field, flen, msg, mlen)) < 0)
+        return -1;
+    if (rc) spec->max_attempts = (int)n;
+
+    spec->priority = Q_PRIORITY_DEFAULT;
+    if ((rc = int_field(body, "priority", Q_PRIORITY_MIN, Q_PRIORITY_MAX, &n, field, flen, msg,
+                        mlen)) < 0)
+        return -1;
+    if (rc) spec->priority = (int)n;
+
+    spec->timeout_ms = wk_type_timeout_ms(t);
+    if ((rc = int_field(body, "timeoutSeconds", 1, TIMEOUT_MAX_S, &n, field, flen, msg, mlen)) < 0)
+        return -1;
+    if (rc) spec->timeout_ms = (int)n * 1000;
+    return 0;
+}
+
+/* 1 if an Idempotency-Key is 1-255 printable ASCII characters. */
+static int valid_idem_key(const char *k)
+{
+    size_t n = 0;
+    for (; k[n]; n++)
+        if (n >= IDEM_KEY_MAX || (unsigned char)k[n] < 0x20 || (unsigned char)k[n] > 0x7e)
+            return 0;
+    return n > 0;
+}
+
+int api_jobs_create(api_req_t *r)
+{
+    const char *key = mg_get_header(r->conn, "Idempotency-Key");
+    int64_t now = cm_now_ms();
+    char field[64], msg[256], id[Q_ID_SIZE], hash[65];
+    char *input = NULL, *canon = NULL;
+    api_job_spec_t spec;
+    json_t *body;
+    int outcome, rc, st;
+
+    if (api_read_json(r, 1, &body) != 0) return r->status;
+    if (key && !valid_idem_key(key)) {
+        st = api_field_error(r, "Idempotency-Key",
+                             "Idempotency-Key must be 1-%d printable ASCII characters",
+                             IDEM_KEY_MAX);
+        goto out;
+    }
+    if (api_job_spec_parse(body, now, &spec, field, sizeof(field), msg, sizeof(msg)) != 0) {
+        st = api_field_error(r, field, "%s", msg);
+        goto out;
+    }
+    if (spec.input && !(input = json_dumps(spec.input, JSON_COMPACT))) goto fail_oom;
+    if (key) {
+        if (!(canon = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT))) goto fail_oom;
+        cm_sha256_hex(canon, strlen(canon), hash);
+    }
+    long long ttl = (long long)cm_cfg.idempotency_ttl_seconds * 1000;
+    q_new_job_t nj = {
+        .type = spec.type,
+        .queue = spec.queue,
+        .owner = r->who.owner,
+        .input = input,
+        .max_attempts = spec.max_attempts,
+        .priority = spec.priority,
+        .timeout_ms = spec.timeout_ms,
+        .run_at_ms = spec.run_at_ms,
+        .idempotency_key = key,
+        .request_hash = key ? hash : NULL,
+        .idempotency_ttl_ms = ttl > INT_MAX ? INT_MAX : (int)ttl,
+    };
+    if ((rc = q_enqueue(r->q, &nj, id, &outcome)) != 0) {
+        st = api_queue_error(r, rc);
+        goto out;
+    }
+    if (outcome == Q_ENQ_CREATED) {
+        /* What the enqueue script wrote, without reading it back. */
+        q_job_t job = {
+            .type = (char *)spec.type,
+            .queue = (char *)spec.queue,
+            .owner = r->who.owner,
+            .status = spec.run_at_ms > now ? "scheduled" : "queued",
+            .input = input ? input : "{}",
+            .idempotency_key = (char *)key,
+            .max_attempts = spec.max_attempts,
+            .priority = spec.priority,
+            .timeout_ms = spec.timeout_ms,
+            .created_ms = now,
+            .updated_ms = now,
+            .run_at_ms = spec.run_at_ms > now ? spec.run_at_ms : now,
+        };
+        memcpy(job.id, id, sizeof(job.id));
+        st = accepted(r, &job, NULL);
+    } else if (outcome == Q_ENQ_EXISTING) {
+        q_job_t *job;
+        if ((st = load_job(r, id, &job, NULL)) == 0) {
+            st = accepted(r, job, "Idempotent-Replayed: true\r\n");
+            q_job_free(job);
+        }
+    } else {
+        st = api_error(r, 422, "CONFLICT", json_pack("{s:s}", "field", "Idempotency-Key"), NULL,
+                       "this Idempotency-Key was already used with a different request");
+    }
+out:
+    free(input);
+    free(canon);
+    json_decref(body);
+    return st;
+fail_oom:
+    LOG_REQ_ERR(r->request_id, "out of memory encoding a job");
+    st = api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+    goto out;
+}
+
+/* ---- GET /v1/jobs/{id} ----------------------------------------------------------- */
+
+int api_jobs_get(api_req_t *r)
+{
+    long long wait;
+    api_waiter_t wt;
+    q_job_t *job = NULL;
+    int st, waiting = 0, capped = 0;
+
+    if (api_query_int(r, "wait", 0, cm_cfg.max_wait_seconds, 0, &wait) != 0) return r->status;
+    if (!q_valid_id(r->param)) return not_found(r);
+    if (wait > 0) { /* registered before the first read: an end in between is not missed */
+        waiting = api_wait_begin(r->waits, &wt, r->param) == 0;
+        capped = !waiting;
+    }
+    if ((st = load_job(r, r->param, &job, NULL)) != 0) goto out;
+    if (waiting) {
+        int64_t deadline = cm_mono_ms() + wait * 1000, left;
+        while (!q_status_terminal(job->status) && (left = deadline - cm_mono_ms()) > 0) {
+            int woke = api_wait(r->waits, &wt, left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS);
+            q_job_t *now;
+            if (woke < 0 || (!woke && cm_mono_ms() >= deadline)) break;
+            if ((st = load_job(r, r->param, &now, NULL)) != 0) goto out;
+            q_job_free(job);
+            job = now;
+        }
+    }
+    st = api_reply(r, 200, q_job_to_json(job),
+                   capped && !q_status_terminal(job->status) ? "Retry-After: 1\r\n" : NULL);
+out:
+    if (waiting) api_wait_end(r->waits, &wt);
+    q_job_free(job);
+    return st;
+}
+
+/* ---- GET /v1/jobs ---------------------------------------------------------------- */
+
+/* 1 if a is listed before b: newer, or as new with a greater id. */
+static int before(int64_t a_ms, const char *a_id, int64_t b_ms, const char *b_id)
+{
+    return a_ms > b_ms || (a_ms == b_ms && strcmp(a_id, b_id) > 0);
+}
+
+static int matches(const q_job_t *j, const char *status, const char *type)
+{
+    return (!status || (j->status && strcmp(j->status, status) == 0)) &&
+           (!type || (j->type && strcmp(j->type, type) == 0));
+}
+
+/* The listing's state: Redis jobs that match, ids seen in Redis, archive rows. */
+typedef struct listing {
+    q_job_t **hot, **cold;
+    int nhot, ncold;
+    char (*seen)[Q_ID_SIZE]; /* ids of jobs present in Redis, in index order */
+    int nseen;
+    int truncated;           /* the Redis scan stopped at SCAN_MAX before the page filled */
+    int64_t edge_ms;         /* the last index entry scanned (when truncated) */
+    char edge_id[Q_ID_SIZE];
+} listing_t;
+
+static void listing_clear(listing_t *l)
+{
+    for (int i = 0; i < l->nhot; i++) q_job_free(l->hot[i]);
+    for (int i = 0; i < l->ncold; i++) q_job_free(l->cold[i]);
+    free(l->hot);
+    free(l->cold);
+    free(l->seen);
+}
+
+/* Scans the owner's Redis index after the cursor for up to want matching jobs, reading
+ * at most SCAN_MAX entries. Returns 0 or a Q_* error. */
+static int scan_hot(api_req_t *r, listing_t *l, const char *owner, int64_t ms, const char *id,
+                    const char *status, const char *type, int want)
+{
+    char ids[SCAN_BATCH][Q_ID_SIZE];
+    int64_t created[SCAN_BATCH];
+    const char *idp[SCAN_BATCH];
+    q_job_t *got[SCAN_BATCH];
+    int scanned = 0;
+
+    if (!(l->hot = calloc((size_t)want, sizeof(*l->hot))) ||
+        !(l->seen = calloc(SCAN_MAX, sizeof(*l->seen))))
+        return Q_ENOMEM;
+    while (l->nhot < want) {
+        if (scanned >= SCAN_MAX) {
+            l->truncated = 1;
+            break;
+        }
+        int ask = SCAN_MAX - scanned < SCAN_BATCH ? SCAN_MAX - scanned : SCAN_BATCH;
+        int n = q_owner_page(r->q, owner, ms, id, ask, ids, created), rc;
+        if (n <= 0) return n;
+        for (int i = 0; i < n; i++) idp[i] = ids[i];
+        if ((rc = q_job_get_many(r->q, idp, n, got)) != 0) return rc;
+        for (int i = 0; i < n; i++) {
+            if (got[i] && l->nhot < want) {
+                memcpy(l->seen[l->nseen++], ids[i], Q_ID_SIZE);
+                if (matches(got[i], status, type)) {
+                    l->hot[l->nhot++] = got[i];
+                    got[i] = NULL;
+                }
+            }
+            q_job_free(got[i]);
+        }
+        scanned += n;
+        l->edge_ms = ms = created[n - 1];
+        memcpy(l->edge_id, ids[n - 1], Q_ID_SIZE);
+        id = l->edge_id;
+        if (n < ask) break; /* the index ends here */
+    }
+    return 0;
+}
+
+/* 1 if a Redis job with this id was seen by the scan. */
+static int seen(const listing_t *l, const char *id)
+{
+    for (int i = 0; i < l->nseen; i++)
+        if (strcmp(l->seen[i], id) == 0) return 1;
+    return 0;
+}
+
+/* Drops the archive rows whose job is in Redis again (retried after it expired): Redis
+ * lists it where it was re-created. Returns 0 or a Q_* error. */
+static int drop_requeued(api_req_t *r, listing_t *l)
+{
+    const char *ids[LIMIT_MAX + 1];
+    q_job_t *got[LIMIT_MAX + 1];
+    int n = 0, rc;
+
+    if (l->ncold == 0) return 0;
+    for (int c = 0; c < l->ncold; c++) ids[c] = l->cold[c]->id;
+    if ((rc = q_job_get_many(r->q, ids, l->ncold, got)) != 0) return rc;
+    for (int c = 0; c < l->ncold; c++) {
+        if (got[c]) {
+            q_job_free(l->cold[c]);
+            q_job_free(got[c]);
+        } else {
+            l->cold[n++] = l->cold[c];
+        }
+    }
+    l->ncold = n;
+    return 0;
+}
+
+int api_jobs_list(api_req_t *r)
+{
+    const char *status = api_query(r, "status"), *type = api_query(r, "type");
+    const char *cursor = api_query(r, "cursor"), *owner = api_query(r, "owner");
+    char cur_id[Q_ID_SIZE], next[API_CURSOR_MAX];
+    int64_t cur_ms = 0;
+    long long limit;
+    listing_t l = {0};
+    const q_job_t *last = NULL;
+    json_t *data;
+    int st, rc, i = 0, j = 0, k;
+
+    if (api_query_int(r, "limit", 1, LIMIT_MAX, LIMIT_DEFAULT, &limit) != 0) return r->status;
+    if (status) {
+        for (k = 0; statuses[k] && strcmp(statuses[k], status) != 0; k++) {}
+        if (!statuses[k])
+            return api_field_error(r, "status",
+                                   "status must be one of queued, scheduled, running, "
+                                   "succeeded, failed, dead, canceled");
+    }
+    if (type && !q_valid_type(type))
+        return api_field_error(r, "type", "type is not a job type name");
+    if (cursor && api_cursor_decode(cursor, &cur_ms, cur_id) != 0)
+        return api_field_error(r, "cursor", "cursor is not one this API returned");
+    if (owner && strcmp(owner, r->who.owner) != 0) {
+        if (r->who.role != API_ROLE_ADMIN)
+            return api_error(r, 403, "FORBIDDEN", NULL, NULL,
+                             "only admins list other owners' jobs");
+        if (!*owner || strlen(owner) >= API_OWNER_MAX)
+            return api_field_error(r, "owner", "owner must be 1-%d characters",
+                                   API_OWNER_MAX - 1);
+    }
+    if (!owner) owner = r->who.owner;
+
+    rc = scan_hot(r, &l, owner, cur_ms, cursor ? cur_id : NULL, status, type, (int)limit + 1);
+    if (rc != 0) {
+        st = api_queue_error(r, rc);
+        goto out;
+    }
+    rc = api_archive_list(r->pg, owner, cur_ms, cursor ? cur_id : NULL, status, type,
+                          (int)limit + 1, &l.cold);
+    if (rc < 0) {
+        st = archive_down(r);
+        goto out;
+    }
+    /* Drop archive rows Redis knows better, and rows past the scanned part of Redis. */
+    for (int c = 0; c < rc; c++) {
+        q_job_t *cj = l.cold[c];
+        if (seen(&l, cj->id) ||
+            (l.truncated && !before(cj->created_ms, cj->id, l.edge_ms, l.edge_id)))
+            q_job_free(cj);
+        else
+            l.cold[l.ncold++] = cj;
+    }
+    if ((rc = drop_requeued(r, &l)) != 0) {
+        st = api_queue_error(r, rc);
+        goto out;
+    }
+    data = json_array();
+    for (k = 0; k < limit && (i < l.nhot || j < l.ncold); k++) {
+        if (j >= l.ncold || (i < l.nhot && before(l.hot[i]->created_ms, l.hot[i]->id,
+                                                  l.cold[j]->created_ms, l.cold[j]->id)))
+            last = l.hot[i++];
+        else
+            last = l.cold[j++];
+        json_array_append_new(data, q_job_to_json(last));
+    }
+    int more = i < l.nhot || j < l.ncold || l.truncated;
+    if (more && k < limit) /* the scan stopped early: resume where it stopped */
+        api_cursor_encode(l.edge_ms, l.edge_id, next, sizeof(next));
+    else if (more)
+        api_cursor_encode(last->created_ms, last->id, next, sizeof(next));
+    st = api_reply(r, 200,
+                   json_pack("{s:o,s:b,s:o}", "data", data, "hasMore", more, "nextCursor",
+                             more ? json_string(next) : json_null()),
+                   NULL);
+out:
+    listing_clear(&l);
+    return st;
+}
+
+/* ---- DELETE /v1/jobs/{id}, POST /v1/jobs/{id}/retry ------------------------------- */
+
+int api_jobs_cancel(api_req_t *r)
+{
+    char result[32];
+    q_job_t *job = NULL;
+    int st, hot, rc;
+
+    if (!q_valid_id(r->param)) return not_found(r);
+    if ((st = load_job(r, r->param, &job, &hot)) != 0) return st;
+    /* Checked here too: the cancel script answers "canceled" for a job that already was. */
+    if (!hot || q_status_terminal(job->status)) {
+        st = conflict(r, job->status, "the job already finished");
+        goto out;
+    }
+    rc = q_cancel(r->q, r->param, result);
+    if (rc == Q_ECONFLICT) {
+        st = conflict(r, result, "the job already finished");
+    } else if (rc == Q_ENOTFOUND) {
+        st = not_found(r);
+    } else if (rc != 0) {
+        st = api_queue_error(r, rc);
+    } else {
+        q_job_free(job);
+        if ((st = load_job(r, r->param, &job, NULL)) == 0)
+            st = api_reply(r, strcmp(result, "canceled") == 0 ? 200 : 202, q_job_to_json(job),
+                           NULL);
+    }
+out:
+    q_job_free(job);
+    return st;
+}
+
+int api_jobs_retry(api_req_t *r)
+{
+    char status[32];
+    q_job_t *job = NULL;
+    json_t *body;
+    int st, hot, rc;
+
+    if (api_read_json(r, 0, &body) != 0) return r->status;
+    if (body && json_object_size(body) > 0) {
+        const char *k = json_object_iter_key(json_object_iter(body));
+        st = api_field_error(r, k, "unknown field '%s'", k);
+        json_decref(body);
+        return st;
+    }
+    json_decref(body);
+    if (!q_valid_id(r->param)) return not_found(r);
+    if ((st = load_job(r, r->param, &job, &hot)) != 0) return st;
+    /* Checked here too: the retry script answers "queued" for a job that already is. */
+    if (strcmp(job->status, "dead") != 0 && strcmp(job->status, "failed") != 0) {
+        snprintf(status, sizeof(status), "%s", job->status);
+        rc = Q_ECONFLICT;
+    } else if (hot) {
+        rc = q_retry(r->q, r->param, status);
+    } else { /* archived and expired from Redis: enqueue it again under its id */
+        char id[Q_ID_SIZE];
+        int outcome;
+        q_new_job_t nj = {
+            .id = job->id,
+            .type = job->type,
+            .queue = job->queue,
+            .owner = job->owner,
+            .input = job->input,
+            .max_attempts = job->max_attempts,
+            .priority = job->priority,
+            .timeout_ms = job->timeout_ms,
+        };
+        rc = q_enqueue(r->q, &nj, id, &outcome);
+    }
+    if (rc == Q_ECONFLICT) {
+        st = conflict(r, status, "only dead or failed jobs can be retried");
+    } else if (rc == Q_ENOTFOUND) { /* expired between the read and the retry */
+        st = api_error(r, 409, "CONFLICT", NULL, NULL, "the job changed meanwhile; try again");
+    } else if (rc != 0) {
+        st = api_queue_error(r, rc);
+    } else {
+        q_job_free(job);
+        if ((st = load_job(r, r->param, &job, NULL)) == 0) st = accepted(r, job, NULL);
+    }
+    q_job_free(job);
+    return st;
+}
+
+/* ---- cursors --------------------------------------------------------------------- */
+
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+int api_cursor_encode(int64_t created_ms, const char *id, char *out, size_t outlen)
+{
+    char raw[64];
+    int n = snprintf(raw, sizeof(raw), "%lld:%s", (long long)created_ms, id);
+    size_t o = 0;
+    if (n < 0 || (size_t)n >= sizeof(raw) || outlen < ((size_t)n * 4 + 2) / 3 + 1) return -1;
+    for (int i = 0; i < n; i += 3) {
+        unsigned v = (unsigned char)raw[i] << 16;
+        if (i + 1 < n) v |= (unsigned char)raw[i + 1] << 8;
+        if (i + 2 < n) v |= (unsigned char)raw[i + 2];
+        out[o++] = b64url[(v >> 18) & 63];
+        out[o++] = b64url[(v >> 12) & 63];
+        if (i + 1 < n) out[o++] = b64url[(v >> 6) & 63];
+        if (i + 2 < n) out[o++] = b64url[v & 63];
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+int api_cursor_decode(const char *s, int64_t *created_ms, char id[Q_ID_SIZE])
+{
+    char raw[64], *colon;
+    size_t len = strlen(s), o = 0;
+    unsigned v = 0;
+    long long ms;
+
+    if (len == 0 || len % 4 == 1 || len > (sizeof(raw) - 1) * 4 / 3) return -1;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = strchr(b64url, s[i]);
+        if (!p || !s[i]) return -1;
+        v = (v << 6) | (unsigned)(p - b64url);
+        if (i % 4 == 3 || i == len - 1) {
+            int bits = (int)(i % 4 + 1) * 6, bytes = bits / 8;
+            v <<= 24 - bits; /* align the group to 24 bits */
+            for (int b = 0; b < bytes; b++) raw[o++] = (char)((v >> (16 - 8 * b)) & 0xff);
+            v = 0;
+        }
+    }
+    raw[o] = '\0';
+    if (strlen(raw) != o || !(colon = strchr(raw, ':'))) return -1;
+    *colon = '\0';
+    if (api_parse_int(raw, 1, INT64_MAX, &ms) != 0 || !q_valid_id(colon + 1)) return -1;
+    memcpy(id, colon + 1, strlen(colon + 1) + 1);
+    *created_ms = ms;
+    return 0;
+}

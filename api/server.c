@@ -1,0 +1,196 @@
+/* api/server.c — civetweb set-up, per-thread Redis connections, dispatch, shutdown. */
+#include "api/api.h"
+
+#include <civetweb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/http.h"
+#include "api/route.h"
+#include "api/wait.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/pg.h"
+#include "queue/queue.h"
+
+#define REQUEST_TIMEOUT_MS "30000"   /* reading a request, writing a reply */
+#define KEEP_ALIVE_TIMEOUT_MS "2000" /* an idle keep-alive connection holds a thread */
+
+/* What every request thread shares (mg_start's user data). */
+typedef struct server {
+    cm_pg_pool_t *pg;
+    api_waits_t *waits;
+} server_t;
+
+/* This request thread's Redis connection (created by on_init_thread). */
+static _Thread_local q_conn_t *tl_q;
+
+static q_conn_t *thread_conn(void)
+{
+    if (!tl_q)
+        tl_q = q_conn_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_prefix,
+                          cm_cfg.redis_timeout_ms);
+    return tl_q;
+}
+
+static void *on_init_thread(const struct mg_context *ctx, int thread_type)
+{
+    (void)ctx;
+    if (thread_type == 1) thread_conn(); /* 1: a request thread */
+    return NULL;
+}
+
+static void on_exit_thread(const struct mg_context *ctx, int thread_type, void *ptr)
+{
+    (void)ctx;
+    (void)thread_type;
+    (void)ptr;
+    q_conn_free(tl_q);
+    tl_q = NULL;
+}
+
+static int on_log_message(const struct mg_connection *conn, const char *message)
+{
+    (void)conn;
+    LOG_WARN("civetweb: %s", message);
+    return 1;
+}
+
+/* Authenticates r for a route needing level need (API_AUTH_USER or API_AUTH_ADMIN).
+ * Returns 0, or the status of the error it sent. */
+static int authenticate(api_req_t *r, int need)
+{
+    int rc = api_authenticate(mg_get_header(r->conn, "Authorization"), &r->who);
+    if (rc == API_AUTH_EMISSING)
+        return api_error(r, 401, "UNAUTHORIZED", NULL,
+                         "WWW-Authenticate: Bearer realm=\"conveyor\"\r\n",
+                         "authentication required: send Authorization: Bearer <token>");
+    if (rc != 0)
+        return api_error(r, 401, "UNAUTHORIZED", NULL,
+                         "WWW-Authenticate: Bearer realm=\"conveyor\", error=\"invalid_token\"\r\n",
+                         "the bearer token is not valid");
+    if (need == API_AUTH_ADMIN && r->who.role != API_ROLE_ADMIN)
+        return api_error(r, 403, "FORBIDDEN", NULL, NULL, "this endpoint needs the admin role");
+    return 0;
+}
+
+/* Every request: route, authenticate, check the query, run the handler, log one line. */
+static int on_request(struct mg_connection *conn)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    const server_t *srv = ri->user_data;
+    api_req_t r = {.conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits};
+    const api_route_t *rt;
+    struct timespec t0, t1;
+    char allow[64], hdr[96];
+    int st;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    api_request_id(mg_get_header(conn, "X-Request-Id"), r.request_id);
+    /* HEAD is GET without the body (api_reply leaves it out) */
+    rt = api_route_find(strcmp(ri->request_method, "HEAD") == 0 ? "GET" : ri->request_method,
+                        ri->local_uri, r.param, sizeof(r.param), allow, sizeof(allow));
+    if (!rt && allow[0]) {
+        snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
+        st = api_error(&r, 405, "METHOD_NOT_ALLOWED", json_pack("{s:s}", "allow", allow), hdr,
+                       "method not allowed; this path accepts %s", allow);
+    } else if (!rt) {
+        st = api_error(&r, 404, "NOT_FOUND", NULL, NULL, "no such endpoint");
+    } else if (rt->auth != API_AUTH_NONE && (st = authenticate(&r, rt->auth)) != 0) {
+        /* sent */
+    } else if (api_query_check(&r, rt->query) != 0) {
+        st = r.status;
+    } else if (!(r.q = thread_conn())) {
+        st = api_error(&r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
+                       "out of resources; try again shortly");
+    } else {
+        st = rt->handler(&r);
+    }
+    if (!r.status) { /* a handler that sent nothing: a bug, but answer */
+        LOG_REQ_ERR(r.request_id, "handler sent no reply");
+        api_error(&r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+    }
+    st = r.status;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    if (st >= 500)
+        LOG_REQ_ERR(r.request_id, "%s %s %d %.3fms", ri->request_method, ri->local_uri, st, ms);
+    else
+        LOG_REQ_INFO(r.request_id, "%s %s %d %.3fms", ri->request_method, ri->local_uri, st, ms);
+    return st;
+}
+
+int api_main(int argc, char **argv)
+{
+    server_t srv = {0};
+    struct mg_callbacks cb = {0};
+    struct mg_context *ctx;
+    char threads[16], channel[256], prefix[128];
+    sigset_t sigs, old;
+    int sig, waiters, rc = 1;
+
+    if (argc > 1) {
+        fprintf(stderr, "usage: conveyor %s (configured by CONVEYOR_* variables)\n", argv[0]);
+        return 2;
+    }
+    if (!cm_cfg.operator_token || !*cm_cfg.operator_token) {
+        fprintf(stderr, "conveyor api: CONVEYOR_OPERATOR_TOKEN is not set; refusing to start "
+                        "without an operator credential\n");
+        return 2;
+    }
+    /* Request threads inherit the mask: only this thread takes SIGTERM/SIGINT. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, &old);
+
+    if (!(srv.pg = cm_pg_pool_new(cm_cfg.pg_pool_size))) goto fail_pg;
+    /* Long-polls hold a request thread each: leave a quarter of them for other work. */
+    waiters = cm_cfg.api_threads - (cm_cfg.api_threads / 4 > 1 ? cm_cfg.api_threads / 4 : 1);
+    if (cm_cfg.max_waiters < waiters) waiters = cm_cfg.max_waiters;
+    snprintf(prefix, sizeof(prefix), "%s:", cm_cfg.redis_prefix);
+    q_channel_done(prefix, channel, sizeof(channel));
+    srv.waits = api_waits_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_timeout_ms,
+                              channel, waiters);
+    if (!srv.waits) goto fail_waits;
+
+    snprintf(threads, sizeof(threads), "%d", cm_cfg.api_threads);
+    const char *options[] = {
+        "listening_ports", cm_cfg.listen,
+        "num_threads", threads,
+        "tcp_nodelay", "1", /* without it a reply in several writes waits ~40 ms */
+        "enable_keep_alive", "yes",
+        "request_timeout_ms", REQUEST_TIMEOUT_MS,
+        "keep_alive_timeout_ms", KEEP_ALIVE_TIMEOUT_MS,
+        NULL,
+    };
+    cb.begin_request = on_request;
+    cb.init_thread = on_init_thread;
+    cb.exit_thread = on_exit_thread;
+    cb.log_message = on_log_message;
+    mg_init_library(0);
+    if (!(ctx = mg_start(&cb, &srv, options))) {
+        LOG_ERR("cannot serve HTTP on %s", cm_cfg.listen);
+        goto fail_start;
+    }
+    LOG_INFO("listening on %s: %d threads, up to %d long-polls", cm_cfg.listen,
+             cm_cfg.api_threads, waiters);
+    while (sigwait(&sigs, &sig) != 0) {}
+    LOG_INFO("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    api_waits_close(srv.waits); /* long-polls answer now instead of holding mg_stop */
+    mg_stop(ctx);
+    LOG_INFO("stopped");
+    rc = 0;
+fail_start:
+    mg_exit_library();
+    api_waits_free(srv.waits);
+fail_waits:
+    cm_pg_pool_free(srv.pg);
+fail_pg:
+    if (rc) LOG_ERR("api could not start");
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}

@@ -1,0 +1,240 @@
+/* api/wait.c — long-poll registry and its "done" channel subscriber. */
+#include "api/wait.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "common/log.h"
+
+#define NBUCKETS 256
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct api_waits {
+    pthread_mutex_t lock;
+    pthread_condattr_t cattr; /* CLOCK_MONOTONIC, for every cond below */
+    pthread_cond_t stop;      /* interrupts the subscriber's backoff */
+    api_waiter_t *bucket[NBUCKETS];
+    int count, max, closed, started;
+    pthread_t thread;
+    redisContext *sub; /* the subscriber's connection while it listens (lock) */
+    char *host, *channel;
+    int port, timeout_ms;
+};
+
+static unsigned bucket_of(const char *id)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (; *id; id++) h = (h ^ (unsigned char)*id) * 16777619u;
+    return h % NBUCKETS;
+}
+
+static struct timespec deadline_in(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+/* Wakes the waiters of id, or every waiter when id is NULL. */
+static void wake(api_waits_t *w, const char *id)
+{
+    pthread_mutex_lock(&w->lock);
+    for (unsigned b = id ? bucket_of(id) : 0; b < NBUCKETS; b++) {
+        for (api_waiter_t *wt = w->bucket[b]; wt; wt = wt->next) {
+            if (id && strcmp(wt->id, id) != 0) continue;
+            wt->fired = 1;
+            pthread_cond_signal(&wt->cond);
+        }
+        if (id) break;
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Connects and subscribes. Returns the context, published in w->sub, or NULL (logged;
+ * also NULL when the registry closed meanwhile). */
+static redisContext *subscribe(api_waits_t *w)
+{
+    struct timeval tv = {w->timeout_ms / 1000, (w->timeout_ms % 1000) * 1000};
+    struct timeval forever = {0, 0};
+    redisReply *r = NULL;
+    redisContext *c = redisConnectWithTimeout(w->host, w->port, tv);
+    int published = 0;
+
+    if (!c) return NULL;
+    if (c->err || redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK)
+        goto fail;
+    r = redisCommand(c, "SUBSCRIBE %s", w->channel);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) goto fail;
+    freeReplyObject(r);
+    /* Block on the channel for as long as it takes; TCP keepalive finds a dead peer. */
+    if (redisSetTimeout(c, forever) != REDIS_OK) goto fail;
+    pthread_mutex_lock(&w->lock);
+    if (!w->closed) {
+        w->sub = c;
+        published = 1;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (!published) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+fail:
+    LOG_WARN("long-poll subscriber: redis %s:%d: %s", w->host, w->port,
+             c->err ? c->errstr : r && r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+    freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+static void *on_subscriber(void *arg)
+{
+    api_waits_t *w = arg;
+    int backoff = 0, closed = 0;
+
+    while (!closed) {
+        redisContext *c = subscribe(w);
+        if (c) {
+            if (backoff) LOG_INFO("long-poll subscriber: listening on %s again", w->channel);
+            backoff = 0;
+            wake(w, NULL); /* a job may have ended while we were not listening */
+            for (;;) {
+                redisReply *r = NULL;
+                if (redisGetReply(c, (void **)&r) != REDIS_OK) break;
+                if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+                    r->element[0]->type == REDIS_REPLY_STRING &&
+                    r->element[2]->type == REDIS_REPLY_STRING &&
+                    strcmp(r->element[0]->str, "message") == 0)
+                    wake(w, r->element[2]->str);
+                freeReplyObject(r);
+            }
+            pthread_mutex_lock(&w->lock);
+            w->sub = NULL;
+            closed = w->closed;
+            pthread_mutex_unlock(&w->lock);
+            if (!closed) LOG_WARN("long-poll subscriber: lost redis: %s", c->errstr);
+            redisFree(c);
+        }
+        backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
+        if (backoff > BACKOFF_MAX_MS) backoff = BACKOFF_MAX_MS;
+        pthread_mutex_lock(&w->lock);
+        if (!w->closed) {
+            struct timespec until = deadline_in(backoff);
+            pthread_cond_timedwait(&w->stop, &w->lock, &until);
+        }
+        closed = w->closed;
+        pthread_mutex_unlock(&w->lock);
+    }
+    return NULL;
+}
+
+api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const char *channel,
+                           int max)
+{
+    api_waits_t *w = calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->host = strdup(host);
+    w->channel = strdup(channel);
+    if (!w->host || !w->channel) goto fail_strings;
+    w->port = port;
+    w->timeout_ms = timeout_ms;
+    w->max = max;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_condattr_init(&w->cattr);
+    pthread_condattr_setclock(&w->cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->stop, &w->cattr);
+    if (pthread_create(&w->thread, NULL, on_subscriber, w) != 0) goto fail_thread;
+    w->started = 1;
+    return w;
+fail_thread:
+    pthread_cond_destroy(&w->stop);
+    pthread_condattr_destroy(&w->cattr);
+    pthread_mutex_destroy(&w->lock);
+fail_strings:
+    free(w->host);
+    free(w->channel);
+    free(w);
+    return NULL;
+}
+
+void api_waits_close(api_waits_t *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->closed = 1;
+    if (w->sub) shutdown(w->sub->fd, SHUT_RDWR); /* unblocks its redisGetReply */
+    pthread_cond_signal(&w->stop);
+    for (unsigned b = 0; b < NBUCKETS; b++)
+        for (api_waiter_t *wt = w->bucket[b]; wt; wt = wt->next) pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&w->lock);
+    if (w->started) pthread_join(w->thread, NULL);
+    w->started = 0;
+}
+
+void api_waits_free(api_waits_t *w)
+{
+    if (!w) return;
+    api_waits_close(w);
+    pthread_cond_destroy(&w->stop);
+    pthread_condattr_destroy(&w->cattr);
+    pthread_mutex_destroy(&w->lock);
+    free(w->host);
+    free(w->channel);
+    free(w);
+}
+
+int api_wait_begin(api_waits_t *w, api_waiter_t *wt, const char *id)
+{
+    int rc = -1;
+    pthread_mutex_lock(&w->lock);
+    if (!w->closed && w->count < w->max) {
+        unsigned b = bucket_of(id);
+        snprintf(wt->id, sizeof(wt->id), "%s", id);
+        wt->fired = 0;
+        pthread_cond_init(&wt->cond, &w->cattr);
+        wt->next = w->bucket[b];
+        w->bucket[b] = wt;
+        w->count++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+int api_wait(api_waits_t *w, api_waiter_t *wt, int64_t timeout_ms)
+{
+    struct timespec until = deadline_in(timeout_ms);
+    int rc;
+    pthread_mutex_lock(&w->lock);
+    while (!wt->fired && !w->closed)
+        if (pthread_cond_timedwait(&wt->cond, &w->lock, &until) == ETIMEDOUT) break;
+    rc = w->closed ? -1 : wt->fired;
+    wt->fired = 0;
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+void api_wait_end(api_waits_t *w, api_waiter_t *wt)
+{
+    pthread_mutex_lock(&w->lock);
+    for (api_waiter_t **p = &w->bucket[bucket_of(wt->id)]; *p; p = &(*p)->next) {
+        if (*p == wt) {
+            *p = wt->next;
+            w->count--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    pthread_cond_destroy(&wt->cond);
+}
