@@ -223,6 +223,7 @@ redis_start() {
     if ((fast)); then echo fast >"$rdir/mode"; else echo durable >"$rdir/mode"; fi
     redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
         --dir "$rdir" --appendonly "$aof" --appendfsync everysec --save '' \
+        --hash-max-listpack-value 1024 \
         --daemonize yes --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log" ||
         die "redis-server failed to start; see $rdir/redis.log"
     local deadline=$((SECONDS + START_TIMEOUT))

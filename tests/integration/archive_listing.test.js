@@ -1,0 +1,109 @@
+'use strict';
+// The PostgreSQL archive (GET after a job expired from Redis) and GET /v1/jobs listings.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { withStack, waitFor, sleep } = require('./lib/stack');
+
+const RETAIN_1S = { CONVEYOR_RETENTION_SECONDS: '1', CONVEYOR_DEAD_RETENTION_SECONDS: '1' };
+
+// Waits until the job is in the archive table and gone from Redis.
+async function waitArchivedAndExpired(s, id) {
+  await waitFor(async () => (await s.psql(
+    `SELECT status FROM "${s.schema}".jobs WHERE id = '${id}'`)) !== '',
+  { timeout: 15000, what: `${id} archived to PostgreSQL` });
+  await waitFor(async () => (await s.redis('EXISTS', s.jobKey(id))) === '0',
+    { timeout: 15000, what: `${id} expired from Redis` });
+}
+
+test('archive: a finished job expires from Redis and GET answers the same JSON from PostgreSQL',
+  { timeout: 60000 }, () => withStack({ env: RETAIN_1S }, async (s) => {
+    const ok = await s.enqueueJob({ type: 'sleep', input: { ms: 10 } },
+      { headers: { 'Idempotency-Key': 'archive-me' } });
+    const dead = await s.enqueueJob({ type: 'fail', input: { times: 1 }, maxAttempts: 1,
+      priority: 2 });
+    const live = {
+      [ok.id]: await s.waitStatus(ok.id, 'succeeded'),
+      [dead.id]: await s.waitStatus(dead.id, 'dead'),
+    };
+    for (const id of Object.keys(live)) {
+      await waitArchivedAndExpired(s, id);
+      const r = await s.api('GET', `/v1/jobs/${id}`);
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.json, live[id], 'the archive answers the same JSON');
+    }
+    assert.equal(await s.psql(`SELECT status || ' ' || attempt FROM "${s.schema}".jobs
+      WHERE id = '${dead.id}'`), 'dead 1');
+
+    const { items } = await s.listAll();
+    assert.deepEqual(items.map((j) => j.id).sort(), [ok.id, dead.id].sort(),
+      'archived jobs are still listed, once each');
+    const succ = await s.listAll('status=succeeded');
+    assert.deepEqual(succ.items.map((j) => j.id), [ok.id]);
+    assert.deepEqual(succ.items[0], live[ok.id]);
+    assert.equal(await s.redis('ZCARD', s.key('done')), '0', 'nothing left to archive');
+  }));
+
+test('archive: an archived dead job can still be retried by hand',
+  { timeout: 60000 }, () => withStack({ env: RETAIN_1S }, async (s) => {
+    const job = await s.enqueueJob({ type: 'fail', input: { times: 1 }, maxAttempts: 1 },
+      { headers: { 'Idempotency-Key': 'retry-archived' } });
+    const dead = await s.waitStatus(job.id, 'dead');
+    await waitArchivedAndExpired(s, job.id);
+    // no worker while retrying, so that the 202 shows the re-queued state
+    assert.deepEqual(await s.killWorker(0, 'SIGTERM'), { code: 0, signal: null });
+    const r = await s.api('POST', `/v1/jobs/${job.id}/retry`);
+    assert.equal(r.status, 202, r.text);
+    assert.equal(r.json.status, 'queued');
+    assert.equal(r.json.attempt, 0);
+    s.startWorker();
+    const again = await s.waitStatus(job.id, 'dead');
+    // the same job as before, run again (as a retry of a job still in Redis would be)
+    assert.equal(again.createdAt, dead.createdAt, 'createdAt kept');
+    assert.equal(again.idempotencyKey, 'retry-archived', 'idempotencyKey kept');
+    assert.equal(again.attempts.length, 2,
+      `history kept and grown: ${JSON.stringify(again.attempts)}`);
+    assert.deepEqual(again.attempts[0], dead.attempts[0]);
+    const { items } = await s.listAll();
+    assert.deepEqual(items.map((j) => j.id), [job.id], 'listed once');
+    assert.equal(items[0].status, 'dead');
+  }));
+
+test('listing: 30 jobs in pages of 10 via cursor, newest first, each once; status and type filters',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const ids = [];
+    for (let i = 0; i < 30; i++) {
+      ids.push((await s.enqueueJob({ type: 'noop', input: { i } })).id);
+      await sleep(2); // distinct creation times: the order is then fully determined
+    }
+    const canceled = [3, 7, 11, 20, 29].map((i) => ids[i]);
+    for (const id of canceled) {
+      assert.equal((await s.api('DELETE', `/v1/jobs/${id}`)).status, 200);
+    }
+    const newestFirst = [...ids].reverse();
+
+    const { items, pages } = await s.listAll('limit=10');
+    assert.equal(pages.length, 3, 'three pages');
+    pages.forEach((p, i) => {
+      assert.equal(p.data.length, 10, `page ${i} size`);
+      assert.equal(p.hasMore, i < 2, `page ${i} hasMore`);
+      if (i < 2) assert.equal(typeof p.nextCursor, 'string');
+    });
+    assert.deepEqual(items.map((j) => j.id), newestFirst, 'all 30, newest first, once each');
+    assert.ok(items.every((j) => j.object === 'job' && j.type === 'noop'));
+    assert.deepEqual(items.map((j) => j.input.i), newestFirst.map((_, k) => 29 - k));
+
+    const c = await s.listAll('status=canceled&limit=2');
+    assert.deepEqual(c.items.map((j) => j.id), [...canceled].reverse());
+    assert.ok(c.items.every((j) => j.status === 'canceled'));
+    const q = await s.listAll('status=queued&limit=7');
+    assert.deepEqual(q.items.map((j) => j.id), newestFirst.filter((id) => !canceled.includes(id)));
+
+    const sleeper = await s.enqueueJob({ type: 'sleep', input: { ms: 1 } });
+    assert.deepEqual((await s.listAll('type=sleep')).items.map((j) => j.id), [sleeper.id]);
+    assert.equal((await s.listAll('type=noop')).items.length, 30);
+    assert.equal((await s.listAll('type=noop&status=canceled')).items.length, 5);
+    const first = await s.api('GET', '/v1/jobs?limit=1');
+    assert.equal(first.status, 200);
+    assert.deepEqual(first.json.data.map((j) => j.id), [sleeper.id], 'newest first');
+    assert.equal(first.json.hasMore, true);
+  }));
