@@ -39,32 +39,21 @@ static const char *connection_header(const api_req_t *r)
     return h ? "Connection: keep-alive\r\n" : "";
 }
 
-int api_reply(api_req_t *r, int status, json_t *body, const char *headers)
+size_t api_render(const json_t *body, char *buf, size_t cap)
 {
-    char stackbuf[HEAD_ROOM + STACK_BODY], head[HEAD_ROOM];
-    char *buf = stackbuf, *heap = NULL;
-    size_t n;
-    int hl;
+    return json_dumpb(body, buf, cap, JSON_COMPACT);
+}
 
-    if (!body) body = json_object();
-    n = json_dumpb(body, stackbuf + HEAD_ROOM, STACK_BODY, JSON_COMPACT);
-    if (n > STACK_BODY) {
-        size_t need = n;
-        if ((heap = malloc(HEAD_ROOM + need))) {
-            buf = heap;
-            n = json_dumpb(body, heap + HEAD_ROOM, need, JSON_COMPACT);
-        } else {
-            LOG_REQ_ERR(r->request_id, "out of memory for a %zu-byte reply", need);
-            status = 500;
-            n = 0;
-        }
-    }
-    json_decref(body);
-    hl = snprintf(head, sizeof(head),
-                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-                  "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
-                  status, reason(r, status), n, r->request_id,
-                  connection_header(r), headers ? headers : "");
+/* Writes the status line and headers into the HEAD_ROOM bytes before the body (n bytes
+ * at buf + HEAD_ROOM), then all of it (the body left out for HEAD) in one write. */
+static int send_reply(api_req_t *r, int status, char *buf, size_t n, const char *headers)
+{
+    char head[HEAD_ROOM];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                      "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
+                      status, reason(r, status), n, r->request_id,
+                      connection_header(r), headers ? headers : "");
     if (hl < 0 || hl >= HEAD_ROOM) { /* our own headers: cannot happen */
         LOG_REQ_ERR(r->request_id, "reply headers too long");
         hl = 0;
@@ -72,8 +61,49 @@ int api_reply(api_req_t *r, int status, json_t *body, const char *headers)
     memcpy(buf + HEAD_ROOM - hl, head, (size_t)hl);
     if (strcmp(r->ri->request_method, "HEAD") == 0) n = 0; /* Content-Length stays */
     mg_write(r->conn, buf + HEAD_ROOM - hl, (size_t)hl + n);
-    free(heap);
     r->status = status;
+    return status;
+}
+
+static int out_of_memory(api_req_t *r, size_t need)
+{
+    char buf[HEAD_ROOM];
+    LOG_REQ_ERR(r->request_id, "out of memory for a %zu-byte reply", need);
+    return send_reply(r, 500, buf, 0, NULL);
+}
+
+int api_reply(api_req_t *r, int status, json_t *body, const char *headers)
+{
+    char stackbuf[HEAD_ROOM + STACK_BODY];
+    char *heap = NULL;
+    size_t n;
+
+    if (!body) body = json_object();
+    n = api_render(body, stackbuf + HEAD_ROOM, STACK_BODY);
+    if (n > STACK_BODY) {
+        size_t need = n;
+        if (!(heap = malloc(HEAD_ROOM + need))) {
+            json_decref(body);
+            return out_of_memory(r, need);
+        }
+        n = api_render(body, heap + HEAD_ROOM, need);
+    }
+    json_decref(body);
+    status = send_reply(r, status, heap ? heap : stackbuf, n, headers);
+    free(heap);
+    return status;
+}
+
+int api_reply_text(api_req_t *r, int status, const char *body, size_t len,
+                   const char *headers)
+{
+    char stackbuf[HEAD_ROOM + STACK_BODY];
+    char *buf = len <= STACK_BODY ? stackbuf : malloc(HEAD_ROOM + len);
+
+    if (!buf) return out_of_memory(r, len);
+    memcpy(buf + HEAD_ROOM, body, len);
+    status = send_reply(r, status, buf, len, headers);
+    if (buf != stackbuf) free(buf);
     return status;
 }
 
@@ -182,6 +212,30 @@ fail_oom:
     return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
 }
 
+#define JSON_MAX_DEPTH 64
+
+/* 1 if the JSON text nests arrays/objects at most max deep. jansson parses recursively and
+ * civetweb's request threads have small stacks: a deep document must be refused before
+ * it is parsed. Malformed text passes here and is refused by the parser. */
+static int json_depth_ok(const char *s, size_t len, int max)
+{
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max) return 0;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return 1;
+}
+
 int api_read_json(api_req_t *r, int required, json_t **out)
 {
     const char *ct = mg_get_header(r->conn, "Content-Type");
@@ -203,6 +257,12 @@ int api_read_json(api_req_t *r, int required, json_t **out)
         api_error(r, 415, "UNSUPPORTED_MEDIA_TYPE",
                   json_pack("{s:s}", "expected", "application/json"), NULL,
                   "the request body must be application/json");
+        return -1;
+    }
+    if (!json_depth_ok(buf, len, JSON_MAX_DEPTH)) {
+        free(buf);
+        api_error(r, 400, "INVALID_REQUEST", json_pack("{s:i}", "maxDepth", JSON_MAX_DEPTH),
+                  NULL, "JSON nested deeper than %d levels", JSON_MAX_DEPTH);
         return -1;
     }
     j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "api/auth.h"
+#include "api/cache.h"
 #include "api/wait.h"
 #include "common/pg.h"
 #include "queue/queue.h"
@@ -32,6 +33,7 @@ typedef struct api_req {
     q_conn_t *q;                /* this thread's Redis connection */
     cm_pg_pool_t *pg;           /* the process's PostgreSQL pool */
     api_waits_t *waits;         /* the process's long-poll registry */
+    api_cache_t *cache;         /* the process's job answer cache (NULL: none) */
     int status;                 /* status sent; 0 until a reply is written */
     int close;                  /* ask the client to close the connection after it */
     int nq;                     /* query parameters kept by api_query_check */
@@ -44,6 +46,15 @@ typedef struct api_req {
 /* Sends status with body (takes it; NULL sends {}; left out for HEAD) and extra header
  * lines (each ending in "\r\n"; NULL for none). Returns status. */
 int api_reply(api_req_t *r, int status, json_t *body, const char *headers);
+
+/* Sends status with body already rendered by api_render (len bytes, borrowed) and
+ * extra header lines, as api_reply would. Returns status. */
+int api_reply_text(api_req_t *r, int status, const char *body, size_t len,
+                   const char *headers);
+
+/* Renders body (borrowed) as the bytes api_reply sends into buf (size cap). Returns
+ * the length (more than cap: it did not fit, buf holds a prefix), 0 on error. */
+size_t api_render(const json_t *body, char *buf, size_t cap);
 
 /* Sends the error envelope: code ("NOT_FOUND"...), details (takes; NULL: null), extra
  * header lines (NULL for none) and a printf-style message. Returns status. */

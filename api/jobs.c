@@ -38,10 +38,13 @@ static int archive_down(api_req_t *r)
                      "the job archive is unavailable; try again shortly");
 }
 
-static int visible(const api_req_t *r, const q_job_t *j)
+/* 1 if the caller may see a job of owner (NULL or "": none, for admins only). */
+static int may_see(const api_req_t *r, const char *owner)
 {
-    return r->who.role == API_ROLE_ADMIN || (j->owner && strcmp(j->owner, r->who.owner) == 0);
+    return r->who.role == API_ROLE_ADMIN || (owner && *owner && strcmp(owner, r->who.owner) == 0);
 }
+
+static int visible(const api_req_t *r, const q_job_t *j) { return may_see(r, j->owner); }
 
 /* Reads job id from Redis, else from the archive (*hot, when not NULL, says which).
  * Returns 0 with *out (caller frees), or the status of the error it sent: 404 also for a
@@ -64,6 +67,12 @@ static int load_job(api_req_t *r, const char *id, q_job_t **out, int *hot)
         return not_found(r);
     }
     return 0;
+}
+
+/* Drops the cached answer for id: call after changing the job in Redis. */
+static void changed(api_req_t *r, const char *id)
+{
+    if (r->cache) api_cache_forget(r->cache, id);
 }
 
 /* 202 with the job, Location and Retry-After, plus extra header lines (or NULL). */
@@ -241,7 +250,8 @@ int api_jobs_create(api_req_t *r)
         .request_hash = key ? hash : NULL,
         .idempotency_ttl_ms = ttl > INT_MAX ? INT_MAX : (int)ttl,
     };
-    if ((rc = q_enqueue(r->q, &nj, id, &outcome)) != 0) {
+    int64_t created = now;
+    if ((rc = q_enqueue(r->q, &nj, id, &outcome, &created)) != 0) {
         st = api_queue_error(r, rc);
         goto out;
     }
@@ -257,8 +267,8 @@ int api_jobs_create(api_req_t *r)
             .max_attempts = spec.max_attempts,
             .priority = spec.priority,
             .timeout_ms = spec.timeout_ms,
-            .created_ms = now,
-            .updated_ms = now,
+            .created_ms = created,
+            .updated_ms = created,
             .run_at_ms = spec.run_at_ms > now ? spec.run_at_ms : now,
         };
         memcpy(job.id, id, sizeof(job.id));
@@ -286,12 +296,41 @@ fail_oom:
 
 /* ---- GET /v1/jobs/{id} ----------------------------------------------------------- */
 
+/* Answers from the cache when it holds the job (for a long-poll, only a finished one).
+ * Returns the status sent, or 0 when nothing was sent. */
+static int reply_cached(api_req_t *r, int finished_only)
+{
+    api_cache_hit_t hit;
+    if (!r->cache || !api_cache_get(r->cache, r->param, &hit)) return 0;
+    if (!may_see(r, hit.owner)) return not_found(r);
+    if (finished_only && !hit.terminal) return 0;
+    return api_reply_text(r, 200, hit.body, hit.len, NULL);
+}
+
+/* Sends job (200, extra header lines or NULL) and, with a ticket taken before it was
+ * read from Redis, offers the bytes sent to the cache. Returns the status sent. */
+static int reply_job(api_req_t *r, const q_job_t *job, const char *headers,
+                     const api_cache_ticket_t *t)
+{
+    char body[API_CACHE_BODY_MAX];
+    json_t *j = q_job_to_json(job);
+    size_t n;
+
+    if (!t || (n = api_render(j, body, sizeof(body))) == 0 || n > sizeof(body))
+        return api_reply(r, 200, j, headers);
+    json_decref(j);
+    api_cache_put(r->cache, t, job->id, job->owner, q_status_terminal(job->status), body, n);
+    return api_reply_text(r, 200, body, n, headers);
+}
+
 int api_jobs_get(api_req_t *r)
 {
     long long wait;
     api_waiter_t wt;
+    api_cache_ticket_t tk;
     q_job_t *job = NULL;
-    int st, waiting = 0, capped = 0;
+    int st, waiting = 0, capped = 0, hot, cacheable;
+    long long sub;
 
     if (api_query_int(r, "wait", 0, cm_cfg.max_wait_seconds, 0, &wait) != 0) return r->status;
     if (!q_valid_id(r->param)) return not_found(r);
@@ -299,7 +338,11 @@ int api_jobs_get(api_req_t *r)
         waiting = api_wait_begin(r->waits, &wt, r->param) == 0;
         capped = !waiting;
     }
-    if ((st = load_job(r, r->param, &job, NULL)) != 0) goto out;
+    if ((st = reply_cached(r, wait > 0)) != 0) goto out;
+    cacheable = r->cache && (sub = api_cache_track(r->cache, r->q)) > 0 &&
+                api_cache_begin(r->cache, r->param, sub, &tk) == 0;
+    if ((st = load_job(r, r->param, &job, &hot)) != 0) goto out;
+    cacheable = cacheable && hot; /* archived jobs are not cached */
     if (waiting) {
         int64_t deadline = cm_mono_ms() + wait * 1000, left;
         while (!q_status_terminal(job->status) && (left = deadline - cm_mono_ms()) > 0) {
@@ -309,10 +352,12 @@ int api_jobs_get(api_req_t *r)
             if ((st = load_job(r, r->param, &now, NULL)) != 0) goto out;
             q_job_free(job);
             job = now;
+            cacheable = 0; /* only the first read is offered to the cache */
         }
     }
-    st = api_reply(r, 200, q_job_to_json(job),
-                   capped && !q_status_terminal(job->status) ? "Retry-After: 1\r\n" : NULL);
+    st = reply_job(r, job,
+                   capped && !q_status_terminal(job->status) ? "Retry-After: 1\r\n" : NULL,
+                   cacheable ? &tk : NULL);
 out:
     if (waiting) api_wait_end(r->waits, &wt);
     q_job_free(job);
@@ -524,6 +569,7 @@ int api_jobs_cancel(api_req_t *r)
         goto out;
     }
     rc = q_cancel(r->q, r->param, result);
+    changed(r, r->param);
     if (rc == Q_ECONFLICT) {
         st = conflict(r, result, "the job already finished");
     } else if (rc == Q_ENOTFOUND) {
@@ -576,9 +622,13 @@ int api_jobs_retry(api_req_t *r)
             .max_attempts = job->max_attempts,
             .priority = job->priority,
             .timeout_ms = job->timeout_ms,
+            .idempotency_key = job->idempotency_key, /* kept on the record, not re-registered */
+            .created_ms = job->created_ms,
+            .history = job->history,
         };
-        rc = q_enqueue(r->q, &nj, id, &outcome);
+        rc = q_enqueue(r->q, &nj, id, &outcome, NULL);
     }
+    changed(r, r->param);
     if (rc == Q_ECONFLICT) {
         st = conflict(r, status, "only dead or failed jobs can be retried");
     } else if (rc == Q_ENOTFOUND) { /* expired between the read and the retry */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/cache.h"
 #include "api/http.h"
 #include "api/route.h"
 #include "api/wait.h"
@@ -23,6 +24,7 @@
 typedef struct server {
     cm_pg_pool_t *pg;
     api_waits_t *waits;
+    api_cache_t *cache;
 } server_t;
 
 /* This request thread's Redis connection (created by on_init_thread). */
@@ -82,7 +84,8 @@ static int on_request(struct mg_connection *conn)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const server_t *srv = ri->user_data;
-    api_req_t r = {.conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits};
+    api_req_t r = {
+        .conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits, .cache = srv->cache};
     const api_route_t *rt;
     struct timespec t0, t1;
     char allow[64], hdr[96];
@@ -109,6 +112,7 @@ static int on_request(struct mg_connection *conn)
     } else {
         st = rt->handler(&r);
     }
+    if (r.q && r.cache) api_cache_check(r.cache, r.q); /* after any Redis call */
     if (!r.status) { /* a handler that sent nothing: a bug, but answer */
         LOG_REQ_ERR(r.request_id, "handler sent no reply");
         api_error(&r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
@@ -128,7 +132,7 @@ int api_main(int argc, char **argv)
     server_t srv = {0};
     struct mg_callbacks cb = {0};
     struct mg_context *ctx;
-    char threads[16], channel[256], prefix[128];
+    char threads[16], channel[256], prefix[128], job_keys[160];
     sigset_t sigs, old;
     int sig, waiters, rc = 1;
 
@@ -153,8 +157,11 @@ int api_main(int argc, char **argv)
     if (cm_cfg.max_waiters < waiters) waiters = cm_cfg.max_waiters;
     snprintf(prefix, sizeof(prefix), "%s:", cm_cfg.redis_prefix);
     q_channel_done(prefix, channel, sizeof(channel));
+    snprintf(job_keys, sizeof(job_keys), "%sjob:", prefix); /* queue.h: P job:<id> */
+    if (!(srv.cache = api_cache_new(API_CACHE_ENTRIES, API_CACHE_BYTES, job_keys)))
+        goto fail_cache;
     srv.waits = api_waits_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_timeout_ms,
-                              channel, waiters);
+                              channel, waiters, srv.cache);
     if (!srv.waits) goto fail_waits;
 
     snprintf(threads, sizeof(threads), "%d", cm_cfg.api_threads);
@@ -188,6 +195,8 @@ fail_start:
     mg_exit_library();
     api_waits_free(srv.waits);
 fail_waits:
+    api_cache_free(srv.cache);
+fail_cache:
     cm_pg_pool_free(srv.pg);
 fail_pg:
     if (rc) LOG_ERR("api could not start");

@@ -3,12 +3,14 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
+#include "api/cache.h"
 #include "common/log.h"
 
 #define NBUCKETS 256
@@ -23,16 +25,12 @@ struct api_waits {
     int count, max, closed, started;
     pthread_t thread;
     redisContext *sub; /* the subscriber's connection while it listens (lock) */
+    api_cache_t *cache; /* kept current from this connection (NULL: none) */
     char *host, *channel;
     int port, timeout_ms;
 };
 
-static unsigned bucket_of(const char *id)
-{
-    unsigned h = 2166136261u; /* FNV-1a */
-    for (; *id; id++) h = (h ^ (unsigned char)*id) * 16777619u;
-    return h % NBUCKETS;
-}
+static unsigned bucket_of(const char *id) { return api_id_hash(id) % NBUCKETS; }
 
 static struct timespec deadline_in(int64_t ms)
 {
@@ -62,9 +60,32 @@ static void wake(api_waits_t *w, const char *id)
     pthread_mutex_unlock(&w->lock);
 }
 
-/* Connects and subscribes. Returns the context, published in w->sub, or NULL (logged;
- * also NULL when the registry closed meanwhile). */
-static redisContext *subscribe(api_waits_t *w)
+/* Gets c's client id for the cache, checking that Redis knows client tracking. Returns
+ * the id, 0 if Redis cannot (logged: the cache stays off), -1 on a connection error. */
+static long long cache_client_id(redisContext *c)
+{
+    redisReply *r = redisCommand(c, "CLIENT TRACKING off"); /* a no-op since Redis 6 */
+    long long id = -1;
+
+    if (r && r->type == REDIS_REPLY_STATUS) {
+        freeReplyObject(r);
+        r = redisCommand(c, "CLIENT ID");
+    }
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+        id = r->integer;
+    } else if (r) {
+        LOG_WARN("job cache off: redis cannot do client tracking: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        id = 0;
+    }
+    freeReplyObject(r);
+    return id;
+}
+
+/* Connects and subscribes (with a cache, to its channel too). Returns the context,
+ * published in w->sub, with *cache_id set (the client id to enable the cache with; 0:
+ * none), or NULL (logged; also NULL when the registry closed meanwhile). */
+static redisContext *subscribe(api_waits_t *w, long long *cache_id)
 {
     struct timeval tv = {w->timeout_ms / 1000, (w->timeout_ms % 1000) * 1000};
     struct timeval forever = {0, 0};
@@ -72,12 +93,21 @@ static redisContext *subscribe(api_waits_t *w)
     redisContext *c = redisConnectWithTimeout(w->host, w->port, tv);
     int published = 0;
 
+    *cache_id = 0;
     if (!c) return NULL;
     if (c->err || redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK)
         goto fail;
-    r = redisCommand(c, "SUBSCRIBE %s", w->channel);
+    if (w->cache && (*cache_id = cache_client_id(c)) < 0) goto fail;
+    r = *cache_id ? redisCommand(c, "SUBSCRIBE %s %s", w->channel, API_CACHE_CHANNEL)
+                  : redisCommand(c, "SUBSCRIBE %s", w->channel);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) goto fail;
     freeReplyObject(r);
+    r = NULL;
+    if (*cache_id && (redisGetReply(c, (void **)&r) != REDIS_OK ||
+                      r->type != REDIS_REPLY_ARRAY || r->elements != 3))
+        goto fail;
+    freeReplyObject(r);
+    r = NULL;
     /* Block on the channel for as long as it takes; TCP keepalive finds a dead peer. */
     if (redisSetTimeout(c, forever) != REDIS_OK) goto fail;
     pthread_mutex_lock(&w->lock);
@@ -99,32 +129,66 @@ fail:
     return NULL;
 }
 
+/* Handles one message: a job id on the done channel, or invalidated keys. */
+static void on_message(api_waits_t *w, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        strcmp(r->element[0]->str, "message") != 0)
+        return;
+    if (w->cache && strcmp(r->element[1]->str, API_CACHE_CHANNEL) == 0)
+        api_cache_on_invalidate(w->cache, r->element[2]);
+    else if (r->element[2]->type == REDIS_REPLY_STRING)
+        wake(w, r->element[2]->str);
+}
+
+/* Handles messages until c fails (or is shut down); with a cache, also watches its
+ * tracking connections. */
+static void listen_on(api_waits_t *w, redisContext *c)
+{
+    struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
+                           {.fd = w->cache ? api_cache_watch_fd(w->cache) : -1,
+                            .events = POLLIN}};
+    for (;;) {
+        void *r = NULL;
+        if (redisReaderGetReply(c->reader, &r) != REDIS_OK) return;
+        if (r) { /* one already read */
+            on_message(w, r);
+            freeReplyObject(r);
+            continue;
+        }
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        if (pf[1].revents) api_cache_on_watch(w->cache);
+        if (pf[0].revents && redisBufferRead(c) != REDIS_OK) return;
+    }
+}
+
 static void *on_subscriber(void *arg)
 {
     api_waits_t *w = arg;
     int backoff = 0, closed = 0;
+    long long cache_id;
 
     while (!closed) {
-        redisContext *c = subscribe(w);
+        redisContext *c = subscribe(w, &cache_id);
         if (c) {
             if (backoff) LOG_INFO("long-poll subscriber: listening on %s again", w->channel);
             backoff = 0;
+            if (cache_id) api_cache_enable(w->cache, cache_id);
             wake(w, NULL); /* a job may have ended while we were not listening */
-            for (;;) {
-                redisReply *r = NULL;
-                if (redisGetReply(c, (void **)&r) != REDIS_OK) break;
-                if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
-                    r->element[0]->type == REDIS_REPLY_STRING &&
-                    r->element[2]->type == REDIS_REPLY_STRING &&
-                    strcmp(r->element[0]->str, "message") == 0)
-                    wake(w, r->element[2]->str);
-                freeReplyObject(r);
-            }
+            listen_on(w, c);
+            /* Invalidations may be lost from here on: nothing cached can be trusted. */
+            if (cache_id) api_cache_disable(w->cache);
             pthread_mutex_lock(&w->lock);
             w->sub = NULL;
             closed = w->closed;
             pthread_mutex_unlock(&w->lock);
-            if (!closed) LOG_WARN("long-poll subscriber: lost redis: %s", c->errstr);
+            if (!closed)
+                LOG_WARN("long-poll subscriber: lost redis: %s",
+                         c->err ? c->errstr : c->reader->errstr);
             redisFree(c);
         }
         backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
@@ -141,7 +205,7 @@ static void *on_subscriber(void *arg)
 }
 
 api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const char *channel,
-                           int max)
+                           int max, api_cache_t *cache)
 {
     api_waits_t *w = calloc(1, sizeof(*w));
     if (!w) return NULL;
@@ -151,6 +215,7 @@ api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const cha
     w->port = port;
     w->timeout_ms = timeout_ms;
     w->max = max;
+    w->cache = cache;
     pthread_mutex_init(&w->lock, NULL);
     pthread_condattr_init(&w->cattr);
     pthread_condattr_setclock(&w->cattr, CLOCK_MONOTONIC);

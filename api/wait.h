@@ -4,13 +4,17 @@
  * SUBSCRIBEd to the "done" channel (reconnecting with backoff) and wakes the waiters
  * registered for each job id it hears. After every (re)subscription it wakes all
  * waiters, so a job that ended while the channel was down is found by re-reading it.
- * At most max waiters are registered at once: civetweb holds a thread per waiter. */
+ * At most max waiters are registered at once: civetweb holds a thread per waiter.
+ * The same connection keeps the job cache current (cache.h): subscribed to its channel
+ * as well, it enables the cache with its client id, hands it the invalidations and the
+ * closings of tracking connections, and disables it when it loses Redis. */
 #ifndef API_WAIT_H
 #define API_WAIT_H
 
 #include <pthread.h>
 #include <stdint.h>
 
+#include "api/cache.h"
 #include "queue/queue.h"
 
 typedef struct api_waits api_waits_t;
@@ -25,10 +29,10 @@ typedef struct api_waiter {
 } api_waiter_t;
 
 /* Creates the registry and starts its subscriber thread on channel (copied) of Redis
- * host:port (connect timeout timeout_ms). Returns NULL if it cannot allocate or start
- * the thread. */
+ * host:port (connect timeout timeout_ms), keeping cache (borrowed; NULL: none) current.
+ * Returns NULL if it cannot allocate or start the thread. */
 api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const char *channel,
-                           int max);
+                           int max, api_cache_t *cache);
 
 /* Stops the subscriber, wakes every waiter and refuses new ones (call before mg_stop so
  * no request thread stays blocked). Idempotent. */

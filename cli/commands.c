@@ -73,7 +73,7 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
     json_decref(parsed);
     job.input = input;
     long done = 0;
-    while (done < count && (rc = q_enqueue(c, &job, id, &outcome)) == 0) done++;
+    while (done < count && (rc = q_enqueue(c, &job, id, &outcome, NULL)) == 0) done++;
     free(input);
     if (rc) {
         if (done > 0) fprintf(stderr, "conveyor enqueue: %ld of %ld enqueued\n", done, count);

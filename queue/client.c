@@ -86,12 +86,24 @@ static redisReply *checked(q_conn_t *c, void *r)
 redisReply *q_command(q_conn_t *c, const char *fmt, ...)
 {
     va_list ap;
-    redisContext *rc = q_conn_redis(c);
-    if (!rc) return NULL;
-    va_start(ap, fmt);
-    void *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    return checked(c, r);
+    void *r = NULL;
+    /* A connection Redis closed meanwhile (restart, idle timeout, CLIENT KILL) fails at
+     * once; the commands sent here are reads or idempotent, so try once more on a new
+     * connection rather than fail the caller's request. */
+    for (int attempt = 0; attempt < 2 && !r; attempt++) {
+        int had = c->rc != NULL;
+        redisContext *rc = q_conn_redis(c);
+        if (!rc) return NULL;
+        va_start(ap, fmt);
+        r = redisvCommand(rc, fmt, ap);
+        va_end(ap);
+        if (!r && had && (rc->err == REDIS_ERR_EOF || rc->err == REDIS_ERR_IO)) {
+            drop(c);
+            continue;
+        }
+        return checked(c, r);
+    }
+    return r;
 }
 
 int q_ping(q_conn_t *c)
@@ -184,10 +196,12 @@ fail:
 
 /* ---- enqueue -------------------------------------------------------------------- */
 
-int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome)
+int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome,
+              int64_t *created_ms)
 {
     char id[Q_ID_SIZE], k_job[160], k_ready[160], k_sched[160], k_marker[160], k_owner[400],
-        k_idem[400], k_seq[128], k_queues[128], prio[16], maxa[16], runat[32], ttl[32];
+        k_idem[400], k_seq[128], k_queues[128], prio[16], maxa[16], runat[32], ttl[32],
+        created[32];
     const char *queue = job->queue ? job->queue : "default";
     q_record_t rec = {0};
     char *packed = NULL;
@@ -196,8 +210,9 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
 
     if (!job->type || !job->owner || !q_valid_type(job->type) || !q_valid_queue(queue) ||
         job->priority < Q_PRIORITY_MIN || job->priority > Q_PRIORITY_MAX ||
-        strlen(job->owner) > 200 || (job->idempotency_key && !job->request_hash))
+        strlen(job->owner) > 200)
         return Q_EINVAL;
+    int register_key = job->idempotency_key && job->request_hash;
     if (job->id) {
         if (!q_valid_id(job->id)) return Q_EINVAL;
         snprintf(id, sizeof(id), "%s", job->id);
@@ -223,7 +238,7 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     snprintf(k_owner, sizeof(k_owner), "%sowner:%s", p, job->owner);
     snprintf(k_seq, sizeof(k_seq), "%sseq", p);
     snprintf(k_queues, sizeof(k_queues), "%squeues", p);
-    if (job->idempotency_key) {
+    if (register_key) {
         char kh[65];
         cm_sha256_hex(job->idempotency_key, strlen(job->idempotency_key), kh);
         snprintf(k_idem, sizeof(k_idem), "%sidem:%s:%s", p, job->owner, kh);
@@ -235,10 +250,11 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     snprintf(runat, sizeof(runat), "%lld", (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
     snprintf(ttl, sizeof(ttl), "%d", job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms
                                                                  : 86400000);
+    snprintf(created, sizeof(created), "%lld", (long long)(job->created_ms > 0 ? job->created_ms : 0));
     const char *v[] = {k_job, k_ready, k_sched, k_marker, k_owner, k_idem, k_seq, k_queues,
                        id, packed, job->type, queue, job->owner, prio, maxa, runat,
-                       job->idempotency_key ? "1" : "0",
-                       job->request_hash ? job->request_hash : "", ttl};
+                       register_key ? "1" : "0", register_key ? job->request_hash : "", ttl,
+                       created, job->history ? job->history : ""};
     size_t len[sizeof(v) / sizeof(v[0])];
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) len[i] = strlen(v[i]);
     len[9] = packed_len;
@@ -246,7 +262,7 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     free(packed);
     if (!r) return Q_EREDIS;
     rc = Q_EREDIS;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 3 &&
         r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
         r->element[1]->len < Q_ID_SIZE) {
         memcpy(id_out, r->element[1]->str, r->element[1]->len);
@@ -255,6 +271,8 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
         *outcome = strcmp(o, "existing") == 0   ? Q_ENQ_EXISTING
                    : strcmp(o, "conflict") == 0 ? Q_ENQ_CONFLICT
                                                 : Q_ENQ_CREATED;
+        if (created_ms && r->elements >= 4 && r->element[3]->type == REDIS_REPLY_STRING)
+            *created_ms = strtoll(r->element[3]->str, NULL, 10);
         rc = 0;
     }
     freeReplyObject(r);
@@ -309,7 +327,9 @@ static int job_from_hash(const char *id, const redisReply *r, q_job_t **out)
         else if (strcmp(k, "started") == 0) t = &j->started_ms;
         else if (strcmp(k, "finished") == 0) t = &j->finished_ms;
         else if (strcmp(k, "updated") == 0) t = &j->updated_ms;
-        if (s) {
+        if (s && v->len == 0) {
+            continue; /* an emptied field ("error" after a success, "pmsg"): absent */
+        } else if (s) {
             free(*s);
             if (!(*s = dup_reply(v))) goto fail_oom;
         } else if (n) {

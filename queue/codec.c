@@ -248,10 +248,16 @@ static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_nul
 json_t *q_job_to_json(const q_job_t *j)
 {
     json_t *o = json_object();
-    json_t *hist = json_or_null(j->history);
+    json_t *hist = json_or_null(j->history), *h;
+    size_t i;
     if (!json_is_array(hist)) {
         json_decref(hist);
         hist = json_array();
+    }
+    json_array_foreach(hist, i, h) { /* stored as ms since the epoch */
+        json_t *at = json_object_get(h, "at");
+        if (json_is_number(at))
+            json_object_set_new(h, "at", time_or_null((int64_t)json_number_value(at)));
     }
     json_object_set_new(o, "id", json_string(j->id));
     json_object_set_new(o, "object", json_string("job"));

@@ -147,17 +147,22 @@ typedef struct q_new_job {
     int timeout_ms;    /* 0: the worker's default */
     int64_t run_at_ms; /* 0 or past: now */
     const char *idempotency_key; /* NULL: none */
-    const char *request_hash;    /* sha256 hex of the request, with idempotency_key */
+    const char *request_hash;    /* sha256 hex of the request: with idempotency_key, the
+                                    key is registered; NULL: only recorded (restores) */
     int idempotency_ttl_ms;
+    int64_t created_ms;          /* 0: now (a job restored from the archive keeps its own) */
+    const char *history;         /* attempts history JSON to keep (restores), or NULL */
 } q_new_job_t;
 
 enum { Q_ENQ_CREATED = 0, Q_ENQ_EXISTING = 1, Q_ENQ_CONFLICT = 2 };
 
-/* Enqueues a job. On 0, id_out holds the job's id and *outcome is Q_ENQ_CREATED, or
- * Q_ENQ_EXISTING (same idempotency key and request: the earlier job), or Q_ENQ_CONFLICT
- * (same key, different request: id_out is the earlier job). Returns 0, Q_EINVAL,
- * Q_ENOMEM or Q_EREDIS. */
-int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome);
+/* Enqueues a job. On 0, id_out holds the job's id and *outcome is Q_ENQ_CREATED (then
+ * *created_ms, unless NULL, is its creation time by Redis's clock), or Q_ENQ_EXISTING
+ * (same idempotency key and request: the earlier job), or Q_ENQ_CONFLICT (same key,
+ * different request: id_out is the earlier job). Returns 0, Q_EINVAL, Q_ENOMEM or
+ * Q_EREDIS. */
+int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome,
+              int64_t *created_ms);
 
 /* Reads a job. Returns 0 with *out (caller frees), Q_ENOTFOUND, Q_EREDIS, or Q_ECORRUPT
  * (the hash exists but its record does not decode: *out is still set, without input). */

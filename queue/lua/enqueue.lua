@@ -3,7 +3,8 @@
 --       7 sequence, 8 queue registry
 -- ARGV: 1 id, 2 msgpack record, 3 type, 4 queue, 5 owner, 6 priority (0-9),
 --       7 max attempts, 8 run_at ms (0: now), 9 "1" if an idempotency key is given,
---       10 request hash, 11 idempotency ttl ms
+--       10 request hash, 11 idempotency ttl ms, 12 created ms (0: now; a restored job
+--       keeps its own), 13 attempts history JSON ('' : none)
 -- Returns {"created"|"existing"|"conflict", id, status}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -22,10 +23,13 @@ end
 local run_at = tonumber(ARGV[8])
 local status = 'queued'
 if run_at > now then status = 'scheduled' else run_at = now end
+local created = tonumber(ARGV[12])
+if created <= 0 then created = now end
 redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'type', ARGV[3], 'queue', ARGV[4], 'owner', ARGV[5],
   'priority', ARGV[6], 'max_attempts', ARGV[7], 'status', status, 'attempt', 0, 'token', 0,
-  'run_at', run_at, 'created', now, 'updated', now, 'progress', 0)
-redis.call('ZADD', KEYS[5], now, ARGV[1])
+  'run_at', run_at, 'created', created, 'updated', now, 'progress', 0)
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'history', ARGV[13]) end
+redis.call('ZADD', KEYS[5], created, ARGV[1])
 redis.call('SADD', KEYS[8], ARGV[4])
 if status == 'scheduled' then
   redis.call('ZADD', KEYS[3], run_at, ARGV[1])
@@ -34,4 +38,4 @@ else
   redis.call('ZADD', KEYS[2], (9 - tonumber(ARGV[6])) * 1099511627776 + seq, ARGV[1])
   redis.call('ZADD', KEYS[4], 0, 'w')
 end
-return {'created', ARGV[1], status}
+return {'created', ARGV[1], status, tostring(created)}

@@ -7,18 +7,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_until = now + tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
-local out = {}
+local out, leases = {}, {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = ARGV[1] .. 'job:' .. id
-  local cur = redis.call('HMGET', jk, 'status', 'rec')
+  local cur = redis.call('HMGET', jk, 'status', 'rec', 'token', 'attempt')
   if cur[1] == 'queued' then
-    local tok = redis.call('HINCRBY', jk, 'token', 1)
-    local att = redis.call('HINCRBY', jk, 'attempt', 1)
-    redis.call('HSET', jk, 'status', 'running', 'worker', ARGV[4], 'started', now,
-      'updated', now, 'progress', 0)
-    redis.call('HDEL', jk, 'pmsg')
-    redis.call('ZADD', KEYS[2], lease_until, id)
+    local tok = (tonumber(cur[3]) or 0) + 1
+    local att = (tonumber(cur[4]) or 0) + 1
+    redis.call('HSET', jk, 'status', 'running', 'token', tok, 'attempt', att, 'worker', ARGV[4],
+      'started', now, 'updated', now)
+    leases[#leases + 1] = lease_until
+    leases[#leases + 1] = id
     out[#out + 1] = {id, tok, att, cur[2] or ''}
   elseif not cur[1] then
     -- The record is gone: keep the id, dead with the reason, rather than drop it.
@@ -30,5 +30,6 @@ for i = 1, #popped, 2 do
   end
   -- any other status: a stale entry of a job that moved on; drop it
 end
+if #leases > 0 then redis.call('ZADD', KEYS[2], unpack(leases)) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('ZADD', KEYS[3], 0, 'w') end
 return out

@@ -8,7 +8,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local minute = ':' .. math.floor(now / 60000)
-local out, counts = {}, {}
+local out, counts, ended, done = {}, {}, {}, {}
 
 local function record_error(jk, cur, payload)
   local ok, err = pcall(cjson.decode, payload)
@@ -33,17 +33,17 @@ for i = 3, #ARGV - 4, 5 do
   if cur[1] ~= ARGV[i + 1] or cur[2] ~= 'running' then
     final = 'stale'
   else
-    redis.call('ZREM', KEYS[1], id)
+    ended[#ended + 1] = id
     if outcome == 'succeeded' then
       redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'progress', 100,
-        'finished', now, 'updated', now)
-      redis.call('HDEL', jk, 'error')
+        'finished', now, 'updated', now, 'error', '')
       final = 'succeeded'
     else
       record_error(jk, cur, payload)
       if outcome == 'retry' and (tonumber(cur[3]) or 0) < (tonumber(cur[4]) or 0) then
         local due = now + math.max(0, tonumber(ARGV[i + 4]) or 0)
-        redis.call('HSET', jk, 'status', 'scheduled', 'run_at', due)
+        -- the next attempt starts from no progress
+        redis.call('HSET', jk, 'status', 'scheduled', 'run_at', due, 'progress', 0, 'pmsg', '')
         redis.call('ZADD', KEYS[2], due, id)
         final = 'scheduled'
       elseif outcome == 'canceled' then
@@ -59,13 +59,16 @@ for i = 3, #ARGV - 4, 5 do
       end
     end
     if final ~= 'scheduled' then
-      redis.call('ZADD', KEYS[4], now, id)
+      done[#done + 1] = now
+      done[#done + 1] = id
       redis.call('PUBLISH', ARGV[2], id)
     end
     counts[final] = (counts[final] or 0) + 1
   end
   out[#out + 1] = final
 end
+if #ended > 0 then redis.call('ZREM', KEYS[1], unpack(ended)) end
+if #done > 0 then redis.call('ZADD', KEYS[4], unpack(done)) end
 -- totals, and per-minute counts in a key of their own that expires
 local per_minute = KEYS[5] .. minute
 for status, n in pairs(counts) do

@@ -40,7 +40,7 @@ for _, id in ipairs(ids) do
       redis.call('HINCRBY', KEYS[6], final, 1)
       redis.call('PUBLISH', ARGV[3], id)
     else
-      redis.call('HSET', jk, 'status', 'queued')
+      redis.call('HSET', jk, 'status', 'queued', 'progress', 0, 'pmsg', '')
       redis.call('ZADD', KEYS[2], (9 - (tonumber(cur[4]) or 5)) * 1099511627776, id)
       redis.call('ZADD', KEYS[3], 0, 'w')
     end
