@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,14 +30,15 @@ static const char *reason(const api_req_t *r, int status)
 }
 
 /* The Connection header civetweb's keep-alive decision implies (HTTP/1.0 clients must
- * be told), or "". */
+ * be told); a kept connection also says how long it may idle (civetweb closes it after
+ * KEEP_ALIVE_TIMEOUT_MS = 2 s: clients told 1 s do not reuse it as it closes). */
 static const char *connection_header(const api_req_t *r)
 {
     const char *h = mg_get_header(r->conn, "Connection");
     int keep = !r->close && (h ? strcasestr(h, "keep-alive") != NULL
                                : r->ri->http_version && strcmp(r->ri->http_version, "1.1") == 0);
     if (!keep) return "Connection: close\r\n";
-    return h ? "Connection: keep-alive\r\n" : "";
+    return h ? "Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n" : "Keep-Alive: timeout=1\r\n";
 }
 
 size_t api_render(const json_t *body, char *buf, size_t cap)
@@ -367,13 +369,29 @@ int api_request_id_valid(const char *s)
     return n > 0;
 }
 
+/* Request ids need to be unique, not secret: a per-thread xorshift64* seeded once from
+ * the OpenSSL RNG spares every request a trip through RAND_bytes and its locks. */
+static _Thread_local uint64_t reqid_state;
+
 void api_request_id(const char *client, char out[API_REQ_ID_MAX + 1])
 {
+    static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     if (api_request_id_valid(client)) {
         snprintf(out, API_REQ_ID_MAX + 1, "%s", client);
-    } else if (cm_random_id(out, API_REQ_ID_MAX + 1, "req_", 20) != 0) {
-        snprintf(out, API_REQ_ID_MAX + 1, "req_unknown");
+        return;
     }
+    if (reqid_state == 0 && RAND_bytes((unsigned char *)&reqid_state, sizeof(reqid_state)) != 1)
+        reqid_state = (uint64_t)cm_mono_ms() | 1;
+    if (reqid_state == 0) reqid_state = 1;
+    memcpy(out, "req_", 4);
+    for (int i = 0; i < 20; i += 10) {
+        reqid_state ^= reqid_state >> 12;
+        reqid_state ^= reqid_state << 25;
+        reqid_state ^= reqid_state >> 27;
+        uint64_t v = reqid_state * 0x2545F4914F6CDD1DULL;
+        for (int k = 0; k < 10; k++, v /= 62) out[4 + i + k] = b62[v % 62];
+    }
+    out[24] = '\0';
 }
 
 int api_parse_int(const char *s, long long min, long long max, long long *out)

@@ -1,12 +1,17 @@
 /* api/server.c — civetweb set-up, per-thread Redis connections, dispatch, shutdown. */
 #include "api/api.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/cache.h"
 #include "api/http.h"
@@ -26,6 +31,49 @@ typedef struct server {
     api_waits_t *waits;
     api_cache_t *cache;
 } server_t;
+
+/* mg_stop runs here while the main thread pokes the listener (see stop_server). */
+struct stopper {
+    struct mg_context *ctx;
+    atomic_int done;
+};
+
+static void *run_mg_stop(void *arg)
+{
+    struct stopper *st = arg;
+    mg_stop(st->ctx);
+    st->done = 1;
+    return NULL;
+}
+
+/* Stops civetweb. Its listener thread polls with a 2 s quantum before it notices the
+ * stop; a connection to our own port wakes it, so a stop takes milliseconds. */
+static void stop_server(struct mg_context *ctx)
+{
+    struct mg_server_port ports[4];
+    struct stopper st = {ctx, 0};
+    pthread_t t;
+    int n = mg_get_server_ports(ctx, 4, ports);
+
+    if (pthread_create(&t, NULL, run_mg_stop, &st) != 0) {
+        mg_stop(ctx);
+        return;
+    }
+    for (int round = 0; round < 100 && !st.done; round++) {
+        struct timespec pause = {0, 20 * 1000000L};
+        nanosleep(&pause, NULL);
+        for (int i = 0; i < n && !st.done; i++) {
+            struct sockaddr_in a = {.sin_family = AF_INET,
+                                    .sin_port = htons((uint16_t)ports[i].port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int fd = (ports[i].protocol & 1) ? socket(AF_INET, SOCK_STREAM, 0) : -1;
+            if (fd < 0) continue;
+            connect(fd, (struct sockaddr *)&a, sizeof(a)); /* refused once it is closed */
+            close(fd);
+        }
+    }
+    pthread_join(t, NULL);
+}
 
 /* This request thread's Redis connection (created by on_init_thread). */
 static _Thread_local q_conn_t *tl_q;
@@ -188,7 +236,7 @@ int api_main(int argc, char **argv)
     while (sigwait(&sigs, &sig) != 0) {}
     LOG_INFO("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     api_waits_close(srv.waits); /* long-polls answer now instead of holding mg_stop */
-    mg_stop(ctx);
+    stop_server(ctx);
     LOG_INFO("stopped");
     rc = 0;
 fail_start:

@@ -41,11 +41,16 @@ int cm_random_id(char *out, size_t outlen, const char *prefix, size_t n)
     return 0;
 }
 
+void cm_sha256(const void *data, size_t len, unsigned char out[32])
+{
+    unsigned int n = 0;
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
 void cm_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[32];
-    unsigned int mdlen = 0;
-    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+    cm_sha256(data, len, md);
     for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
@@ -53,10 +58,9 @@ int cm_secure_equal(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     unsigned char da[32], db[32];
-    unsigned int n = 0;
     /* Compare digests so the time does not depend on where the strings differ. */
-    EVP_Digest(a, la, da, &n, EVP_sha256(), NULL);
-    EVP_Digest(b, lb, db, &n, EVP_sha256(), NULL);
+    cm_sha256(a, la, da);
+    cm_sha256(b, lb, db);
     return CRYPTO_memcmp(da, db, sizeof(da)) == 0 && la == lb;
 }
 

@@ -17,6 +17,9 @@ int64_t cm_mono_ms(void);
  * OpenSSL RNG. Returns 0, or -1 if the RNG failed or out is too small. */
 int cm_random_id(char *out, size_t outlen, const char *prefix, size_t n);
 
+/* Writes the SHA-256 digest of data into out. */
+void cm_sha256(const void *data, size_t len, unsigned char out[32]);
+
 /* Writes the lowercase hex SHA-256 of data (65 bytes with the NUL) into out. */
 void cm_sha256_hex(const void *data, size_t len, char out[65]);
 
