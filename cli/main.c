@@ -22,6 +22,7 @@ static void usage(FILE *out)
             "  migrate             apply sql/ migrations once each\n"
             "operator commands:\n"
             "  enqueue TYPE [JSON] [--queue Q] [--delay S] [--priority P] [--max-attempts N]\n"
+            "          [--count N]  (N copies; prints the count)\n"
             "  inspect JOB_ID      print a job as JSON\n"
             "  cancel JOB_ID       cancel a job\n"
             "  retry JOB_ID        re-queue a dead or failed job\n"

@@ -185,7 +185,7 @@ main() {
 
     mkdir -p "$LOGDIR"
     trap cleanup EXIT
-    trap 'exit 130' INT
+    trap 'exit 0' INT # Ctrl-C is how one stops it: not a failure
     trap 'exit 143' TERM
 
     SERVICES_UP=1

@@ -36,7 +36,7 @@ for i = 3, #ARGV - 4, 5 do
     ended[#ended + 1] = id
     if outcome == 'succeeded' then
       redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'progress', 100,
-        'finished', now, 'updated', now, 'error', '')
+        'pmsg', '', 'finished', now, 'updated', now, 'error', '')
       final = 'succeeded'
     else
       record_error(jk, cur, payload)
