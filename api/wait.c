@@ -129,7 +129,8 @@ fail:
     return NULL;
 }
 
-/* Handles one message: a job id on the done channel, or invalidated keys. */
+/* Handles one message: job ids (separated by spaces: a worker's finish call announces
+ * all the jobs it ended at once) on the done channel, or invalidated keys. */
 static void on_message(api_waits_t *w, const redisReply *r)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
@@ -139,7 +140,17 @@ static void on_message(api_waits_t *w, const redisReply *r)
     if (w->cache && strcmp(r->element[1]->str, API_CACHE_CHANNEL) == 0)
         api_cache_on_invalidate(w->cache, r->element[2]);
     else if (r->element[2]->type == REDIS_REPLY_STRING)
-        wake(w, r->element[2]->str);
+        for (const char *p = r->element[2]->str; *p;) {
+            size_t n = strcspn(p, " ");
+            char id[Q_ID_SIZE];
+            if (n > 0 && n < sizeof(id)) {
+                memcpy(id, p, n);
+                id[n] = '\0';
+                wake(w, id);
+            }
+            p += n;
+            p += strspn(p, " ");
+        }
 }
 
 /* Handles messages until c fails (or is shut down); with a cache, also watches its

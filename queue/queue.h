@@ -15,7 +15,8 @@
  *   P owner:<owner>    zset: the owner's jobs by creation time
  *   P idem:<owner>:<sha256(key)>  "id requesthash" with a TTL
  *   P queues           set of queue names;  P seq  sequence;  P leader:<duty> lock
- *   P ch:done / P ch:cancel   pub/sub channels carrying job ids
+ *   P ch:done / P ch:cancel   pub/sub channels carrying job ids (done: one message
+ *                      may carry several, separated by spaces)
  * Every move between states is one Lua script (queue/lua/), so nothing is lost or
  * done twice when a process dies between two commands. Needs a single Redis primary
  * (with replicas or Sentinel); Cluster would need per-queue job keys.

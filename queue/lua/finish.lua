@@ -61,14 +61,19 @@ for i = 3, #ARGV - 4, 5 do
     if final ~= 'scheduled' then
       done[#done + 1] = now
       done[#done + 1] = id
-      redis.call('PUBLISH', ARGV[2], id)
     end
     counts[final] = (counts[final] or 0) + 1
   end
   out[#out + 1] = final
 end
 if #ended > 0 then redis.call('ZREM', KEYS[1], unpack(ended)) end
-if #done > 0 then redis.call('ZADD', KEYS[4], unpack(done)) end
+if #done > 0 then
+  redis.call('ZADD', KEYS[4], unpack(done))
+  -- one message for every job ended here: their ids, separated by spaces
+  local ids = {}
+  for k = 2, #done, 2 do ids[#ids + 1] = done[k] end
+  redis.call('PUBLISH', ARGV[2], table.concat(ids, ' '))
+end
 -- totals, and per-minute counts in a key of their own that expires
 local per_minute = KEYS[5] .. minute
 for status, n in pairs(counts) do
