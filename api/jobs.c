@@ -627,6 +627,7 @@ int api_jobs_retry(api_req_t *r)
             .history = job->history,
         };
         rc = q_enqueue(r->q, &nj, id, &outcome, NULL);
+        if (rc == 0 && outcome != Q_ENQ_CREATED) rc = Q_ENOTFOUND; /* restored meanwhile */
     }
     changed(r, r->param);
     if (rc == Q_ECONFLICT) {

@@ -395,6 +395,8 @@ int q_job_get_many(q_conn_t *c, const char *const *ids, int n, q_job_t **out)
         if (e == Q_ENOMEM) err = Q_ENOMEM;
         freeReplyObject(r);
     }
+    if (err) /* all or nothing: callers free only the array on an error */
+        for (int i = 0; i < n; i++) q_job_free(out[i]), out[i] = NULL;
     return err;
 }
 

@@ -373,14 +373,19 @@ fail:
 q_argv_t *q_cmd_release(const char *prefix, const char *queue, const char *id,
                         long long token)
 {
-    q_argv_t *a = argv_script(QS_RELEASE, 4, 10);
+    char chan[256];
+    q_argv_t *a = argv_script(QS_RELEASE, 6, 12);
     if (!a) return NULL;
+    q_channel_done(prefix, chan, sizeof(chan));
     ADD(argv_fmt(a, "%sjob:%s", prefix, id));
     ADD(argv_qkey(a, prefix, queue, "working"));
     ADD(argv_qkey(a, prefix, queue, "ready"));
     ADD(argv_qkey(a, prefix, queue, "marker"));
+    ADD(argv_fmt(a, "%sdone", prefix));
+    ADD(argv_qkey(a, prefix, queue, "stats"));
     ADD(argv_str(a, id));
     ADD(argv_fmt(a, "%lld", token));
+    ADD(argv_str(a, chan));
     return a;
 fail:
     q_argv_free(a);

@@ -159,7 +159,8 @@ enum { Q_ENQ_CREATED = 0, Q_ENQ_EXISTING = 1, Q_ENQ_CONFLICT = 2 };
 
 /* Enqueues a job. On 0, id_out holds the job's id and *outcome is Q_ENQ_CREATED (then
  * *created_ms, unless NULL, is its creation time by Redis's clock), or Q_ENQ_EXISTING
- * (same idempotency key and request: the earlier job), or Q_ENQ_CONFLICT (same key,
+ * (same idempotency key and request: the earlier job; or job->id names a job Redis
+ * holds already, which is left untouched), or Q_ENQ_CONFLICT (same key,
  * different request: id_out is the earlier job). Returns 0, Q_EINVAL, Q_ENOMEM or
  * Q_EREDIS. */
 int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome,
@@ -169,8 +170,8 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
  * (the hash exists but its record does not decode: *out is still set, without input). */
 int q_job_get(q_conn_t *c, const char *id, q_job_t **out);
 
-/* Reads n jobs in one round trip; out[i] is NULL for a job not in Redis. Returns 0 or
- * Q_EREDIS. Caller frees each out[i]. */
+/* Reads n jobs in one round trip; out[i] is NULL for a job not in Redis. Returns 0, or
+ * Q_EREDIS / Q_ENOMEM with every out[i] NULL. Caller frees each out[i]. */
 int q_job_get_many(q_conn_t *c, const char *const *ids, int n, q_job_t **out);
 
 /* Cancels a job. *result: "canceled" or "cancel_requested" (running: its worker is

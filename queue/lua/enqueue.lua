@@ -20,6 +20,9 @@ if ARGV[9] == '1' then
   end
   redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[10], 'PX', ARGV[11])
 end
+-- A job restored under its own id may have been restored already (two retries at once):
+-- never overwrite a live record, its token fences its current lease.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'existing', ARGV[1], ''} end
 local run_at = tonumber(ARGV[8])
 local status = 'queued'
 if run_at > now then status = 'scheduled' else run_at = now end

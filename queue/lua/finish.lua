@@ -28,12 +28,15 @@ end
 for i = 3, #ARGV - 4, 5 do
   local id, outcome, payload = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local jk = ARGV[1] .. 'job:' .. id
-  local cur = redis.call('HMGET', jk, 'token', 'status', 'attempt', 'max_attempts', 'history')
+  local cur = redis.call('HMGET', jk, 'token', 'status', 'attempt', 'max_attempts', 'history',
+    'cancel')
   local final
   if cur[1] ~= ARGV[i + 1] or cur[2] ~= 'running' then
     final = 'stale'
   else
     ended[#ended + 1] = id
+    -- a cancel asked for while the attempt ran wins over trying again
+    if outcome == 'retry' and cur[6] == '1' then outcome = 'canceled' end
     if outcome == 'succeeded' then
       redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'progress', 100,
         'pmsg', '', 'finished', now, 'updated', now, 'error', '')
