@@ -563,7 +563,7 @@ int api_jobs_cancel(api_req_t *r)
 
     if (!q_valid_id(r->param)) return not_found(r);
     if ((st = load_job(r, r->param, &job, &hot)) != 0) return st;
-    /* Checked here too: the cancel script answers "canceled" for a job that already was. */
+    /* The ownership check read the job: a finished one is answered without the script. */
     if (!hot || q_status_terminal(job->status)) {
         st = conflict(r, job->status, "the job already finished");
         goto out;
@@ -604,7 +604,7 @@ int api_jobs_retry(api_req_t *r)
     json_decref(body);
     if (!q_valid_id(r->param)) return not_found(r);
     if ((st = load_job(r, r->param, &job, &hot)) != 0) return st;
-    /* Checked here too: the retry script answers "queued" for a job that already is. */
+    /* The ownership check read the job: its status decides before the script runs. */
     if (strcmp(job->status, "dead") != 0 && strcmp(job->status, "failed") != 0) {
         snprintf(status, sizeof(status), "%s", job->status);
         rc = Q_ECONFLICT;
