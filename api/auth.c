@@ -1,7 +1,6 @@
 /* api/auth.c — bearer tokens. */
 #include "api/auth.h"
 
-#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,11 +29,8 @@ int api_authenticate(const char *authorization, api_principal_t *out)
     for (tok = authorization + 7; *tok == ' '; tok++) {}
     if (!*tok || strchr(tok, ' ')) return API_AUTH_EMISSING;
     if (!cm_cfg.operator_token || !*cm_cfg.operator_token) return API_AUTH_EINVALID;
-    /* compare digests: time independent of where, or whether, the lengths differ */
-    unsigned char d[32];
     pthread_once(&operator_once, digest_operator_token);
-    cm_sha256(tok, strlen(tok), d);
-    if (CRYPTO_memcmp(d, operator_digest, sizeof(d)) != 0) return API_AUTH_EINVALID;
+    if (!cm_secure_equal_digest(tok, operator_digest)) return API_AUTH_EINVALID;
     snprintf(out->owner, sizeof(out->owner), "%s", OPERATOR_OWNER);
     out->role = API_ROLE_ADMIN;
     return 0;

@@ -205,7 +205,7 @@ int api_main(int argc, char **argv)
     if (cm_cfg.max_waiters < waiters) waiters = cm_cfg.max_waiters;
     snprintf(prefix, sizeof(prefix), "%s:", cm_cfg.redis_prefix);
     q_channel_done(prefix, channel, sizeof(channel));
-    snprintf(job_keys, sizeof(job_keys), "%sjob:", prefix); /* queue.h: P job:<id> */
+    q_key_job(job_keys, sizeof(job_keys), prefix, "");
     if (!(srv.cache = api_cache_new(API_CACHE_ENTRIES, API_CACHE_BYTES, job_keys)))
         goto fail_cache;
     srv.waits = api_waits_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_timeout_ms,

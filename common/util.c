@@ -54,14 +54,19 @@ void cm_sha256_hex(const void *data, size_t len, char out[65])
     for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
+int cm_secure_equal_digest(const char *s, const unsigned char digest[32])
+{
+    unsigned char d[32];
+    /* Compare digests so the time does not depend on where the strings differ. */
+    cm_sha256(s, strlen(s), d);
+    return CRYPTO_memcmp(d, digest, sizeof(d)) == 0;
+}
+
 int cm_secure_equal(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned char da[32], db[32];
-    /* Compare digests so the time does not depend on where the strings differ. */
-    cm_sha256(a, la, da);
-    cm_sha256(b, lb, db);
-    return CRYPTO_memcmp(da, db, sizeof(da)) == 0 && la == lb;
+    unsigned char db[32];
+    cm_sha256(b, strlen(b), db);
+    return cm_secure_equal_digest(a, db);
 }
 
 void cm_format_time(int64_t ms, char *out, size_t outlen)

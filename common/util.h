@@ -26,6 +26,10 @@ void cm_sha256_hex(const void *data, size_t len, char out[65]);
 /* Compares two strings in time that depends only on their lengths. Returns 1 if equal. */
 int cm_secure_equal(const char *a, const char *b);
 
+/* Compares s with a secret known by its SHA-256 digest (computed once, e.g. at start-up)
+ * in time independent of where they differ. Returns 1 if equal. */
+int cm_secure_equal_digest(const char *s, const unsigned char digest[32]);
+
 /* Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (>= 25 bytes). */
 void cm_format_time(int64_t ms, char *out, size_t outlen);
 

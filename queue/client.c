@@ -139,59 +139,37 @@ out:
     return r;
 }
 
-/* Builds a script vector from keys and args (NULL-terminated lists of strings). */
-static q_argv_t *script(enum q_script_id id, const char *const *keys, const char *const *args)
-{
-    int nk = 0, na = 0;
-    while (keys[nk]) nk++;
-    while (args[na]) na++;
-    q_argv_t *a = calloc(1, sizeof(*a));
-    if (!a) return NULL;
-    a->cap = 3 + nk + na;
-    a->argv = calloc((size_t)a->cap, sizeof(char *));
-    a->len = calloc((size_t)a->cap, sizeof(size_t));
-    if (!a->argv || !a->len) goto fail;
-    char nkeys[16];
-    snprintf(nkeys, sizeof(nkeys), "%d", nk);
-    const char *head[3] = {"EVALSHA", q_script_sha(id), nkeys};
-    for (int i = 0; i < a->cap; i++) {
-        const char *s = i < 3 ? head[i] : i < 3 + nk ? keys[i - 3] : args[i - 3 - nk];
-        if (!(a->argv[i] = strdup(s))) goto fail;
-        a->len[i] = strlen(s);
-        a->argc++;
-    }
-    return a;
-fail:
-    q_argv_free(a);
-    return NULL;
-}
-
-/* The same for binary-safe arguments: args with explicit lengths. */
+/* Builds a script vector: nk keys then the other arguments, n in all, with explicit
+ * lengths (binary-safe). NULL on OOM. */
 static q_argv_t *script_bin(enum q_script_id id, int nk, int n, const char *const *v,
                             const size_t *len)
 {
-    q_argv_t *a = calloc(1, sizeof(*a));
-    char nkeys[16];
-    if (!a) return NULL;
-    a->cap = 3 + n;
-    a->argv = calloc((size_t)a->cap, sizeof(char *));
-    a->len = calloc((size_t)a->cap, sizeof(size_t));
-    if (!a->argv || !a->len) goto fail;
-    snprintf(nkeys, sizeof(nkeys), "%d", nk);
-    const char *head[3] = {"EVALSHA", q_script_sha(id), nkeys};
-    for (int i = 0; i < a->cap; i++) {
-        const char *s = i < 3 ? head[i] : v[i - 3];
-        size_t l = i < 3 ? strlen(s) : len[i - 3];
-        if (!(a->argv[i] = malloc(l + 1))) goto fail;
-        memcpy(a->argv[i], s, l);
-        a->argv[i][l] = '\0';
-        a->len[i] = l;
-        a->argc++;
+    q_argv_t *a = q_argv_script(id, nk, 3 + n);
+    for (int i = 0; a && i < n; i++) {
+        if (q_argv_add(a, v[i], len[i]) != 0) {
+            q_argv_free(a);
+            a = NULL;
+        }
     }
     return a;
-fail:
-    q_argv_free(a);
-    return NULL;
+}
+
+/* The same from NULL-terminated lists of keys and of arguments (C strings). */
+static q_argv_t *script(enum q_script_id id, const char *const *keys, const char *const *args)
+{
+    const char *v[32];
+    size_t len[32];
+    int nk = 0, n = 0;
+    for (; keys[nk]; nk++, n++) {
+        if (n == 32) return NULL;
+        v[n] = keys[nk];
+    }
+    for (int i = 0; args[i]; i++) {
+        if (n == 32) return NULL;
+        v[n++] = args[i];
+    }
+    for (int i = 0; i < n; i++) len[i] = strlen(v[i]);
+    return script_bin(id, nk, n, v, len);
 }
 
 /* ---- enqueue -------------------------------------------------------------------- */
@@ -231,7 +209,7 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     if (q_record_encode(&rec, &packed, &packed_len) != 0) return Q_ENOMEM;
 
     const char *p = c->prefix;
-    snprintf(k_job, sizeof(k_job), "%sjob:%s", p, id);
+    q_key_job(k_job, sizeof(k_job), p, id);
     snprintf(k_ready, sizeof(k_ready), "%s{%s}:ready", p, queue);
     snprintf(k_sched, sizeof(k_sched), "%s{%s}:scheduled", p, queue);
     snprintf(k_marker, sizeof(k_marker), "%s{%s}:marker", p, queue);
@@ -422,7 +400,7 @@ int q_cancel(q_conn_t *c, const char *id, char *result)
 {
     char k_job[128], k_done[128], ch_done[128], ch_cancel[128];
     if (!q_valid_id(id)) return Q_ENOTFOUND;
-    snprintf(k_job, sizeof(k_job), "%sjob:%s", c->prefix, id);
+    q_key_job(k_job, sizeof(k_job), c->prefix, id);
     snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
     q_channel_done(c->prefix, ch_done, sizeof(ch_done));
     q_channel_cancel(c->prefix, ch_cancel, sizeof(ch_cancel));
@@ -437,7 +415,7 @@ int q_retry(q_conn_t *c, const char *id, char *status_out)
 {
     char k_job[128], k_seq[128], k_done[128];
     if (!q_valid_id(id)) return Q_ENOTFOUND;
-    snprintf(k_job, sizeof(k_job), "%sjob:%s", c->prefix, id);
+    q_key_job(k_job, sizeof(k_job), c->prefix, id);
     snprintf(k_seq, sizeof(k_seq), "%sseq", c->prefix);
     snprintf(k_done, sizeof(k_done), "%sdone", c->prefix);
     const char *keys[] = {k_job, k_seq, k_done, NULL};

@@ -128,6 +128,11 @@ int64_t q_backoff_ms(int attempt, double scale)
     return (int64_t)llround(ms);
 }
 
+void q_key_job(char *out, size_t outlen, const char *prefix, const char *id)
+{
+    snprintf(out, outlen, "%sjob:%s", prefix, id);
+}
+
 void q_channel_done(const char *prefix, char *out, size_t outlen)
 {
     snprintf(out, outlen, "%sch:done", prefix);
@@ -149,7 +154,7 @@ void q_argv_free(q_argv_t *a)
     free(a);
 }
 
-static q_argv_t *argv_new(int cap)
+q_argv_t *q_argv_new(int cap)
 {
     q_argv_t *a = calloc(1, sizeof(*a));
     if (!a) return NULL;
@@ -163,8 +168,7 @@ static q_argv_t *argv_new(int cap)
     return a;
 }
 
-/* Appends a copy of len bytes of s. Returns 0 or -1 (the vector is then unusable). */
-static int argv_add(q_argv_t *a, const char *s, size_t len)
+int q_argv_add(q_argv_t *a, const char *s, size_t len)
 {
     if (a->argc == a->cap) {
         int cap = a->cap * 2;
@@ -185,7 +189,7 @@ static int argv_add(q_argv_t *a, const char *s, size_t len)
     return 0;
 }
 
-static int argv_str(q_argv_t *a, const char *s) { return argv_add(a, s, strlen(s)); }
+static int argv_str(q_argv_t *a, const char *s) { return q_argv_add(a, s, strlen(s)); }
 
 static int argv_fmt(q_argv_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int argv_fmt(q_argv_t *a, const char *fmt, ...)
@@ -196,13 +200,12 @@ static int argv_fmt(q_argv_t *a, const char *fmt, ...)
     int n = vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof(buf)) return -1;
-    return argv_add(a, buf, (size_t)n);
+    return q_argv_add(a, buf, (size_t)n);
 }
 
-/* Starts "EVALSHA <sha> <nkeys>". */
-static q_argv_t *argv_script(enum q_script_id id, int nkeys, int cap)
+q_argv_t *q_argv_script(enum q_script_id id, int nkeys, int cap)
 {
-    q_argv_t *a = argv_new(cap < 8 ? 8 : cap);
+    q_argv_t *a = q_argv_new(cap < 8 ? 8 : cap);
     if (!a) return NULL;
     if (argv_str(a, "EVALSHA") || argv_str(a, q_script_sha(id)) || argv_fmt(a, "%d", nkeys)) {
         q_argv_free(a);
@@ -253,7 +256,7 @@ static int argv_qkey(q_argv_t *a, const char *prefix, const char *queue, const c
 q_argv_t *q_cmd_fetch(const char *prefix, const char *queue, int n, int lease_ms,
                       const char *worker_id)
 {
-    q_argv_t *a = argv_script(QS_FETCH, 5, 16);
+    q_argv_t *a = q_argv_script(QS_FETCH, 5, 16);
     if (!a) return NULL;
     ADD(argv_qkey(a, prefix, queue, "ready"));
     ADD(argv_qkey(a, prefix, queue, "working"));
@@ -279,7 +282,7 @@ q_argv_t *q_cmd_finish(const char *prefix, const char *queue, const char *id, lo
                        const char *outcome, const char *payload, int64_t delay_ms)
 {
     char chan[256];
-    q_argv_t *a = argv_script(QS_FINISH, 5, FINISH_HEAD + FINISH_GROUP);
+    q_argv_t *a = q_argv_script(QS_FINISH, 5, FINISH_HEAD + FINISH_GROUP);
     if (!a) return NULL;
     q_channel_done(prefix, chan, sizeof(chan));
     ADD(argv_qkey(a, prefix, queue, "working"));
@@ -314,12 +317,12 @@ int q_cmd_finish_merge(q_argv_t *const *cmds, int n, q_argv_t **out)
     *out = NULL;
     while (k < n && finish_mergeable(cmds[k], cmds[0])) k++;
     if (k < 2) return k;
-    q_argv_t *a = argv_new(FINISH_HEAD + FINISH_GROUP * k);
+    q_argv_t *a = q_argv_new(FINISH_HEAD + FINISH_GROUP * k);
     if (!a) return 1;
-    for (int j = 0; j < FINISH_HEAD; j++) ADD(argv_add(a, cmds[0]->argv[j], cmds[0]->len[j]));
+    for (int j = 0; j < FINISH_HEAD; j++) ADD(q_argv_add(a, cmds[0]->argv[j], cmds[0]->len[j]));
     for (int i = 0; i < k; i++)
         for (int j = FINISH_HEAD; j < FINISH_HEAD + FINISH_GROUP; j++)
-            ADD(argv_add(a, cmds[i]->argv[j], cmds[i]->len[j]));
+            ADD(q_argv_add(a, cmds[i]->argv[j], cmds[i]->len[j]));
     *out = a;
     return k;
 fail:
@@ -338,7 +341,7 @@ const char *q_finish_status(const redisReply *r, int i)
 q_argv_t *q_cmd_progress(const char *prefix, const char *id, long long token, int percent,
                          const char *message)
 {
-    q_argv_t *a = argv_script(QS_PROGRESS, 1, 8);
+    q_argv_t *a = q_argv_script(QS_PROGRESS, 1, 8);
     if (!a) return NULL;
     if (percent < 0) percent = 0;
     if (percent > 100) percent = 100;
@@ -355,7 +358,7 @@ fail:
 q_argv_t *q_cmd_heartbeat(const char *prefix, const char *queue, int lease_ms, int n,
                           const char *const *ids, const long long *tokens)
 {
-    q_argv_t *a = argv_script(QS_HEARTBEAT, 1, 8 + 2 * n);
+    q_argv_t *a = q_argv_script(QS_HEARTBEAT, 1, 8 + 2 * n);
     if (!a) return NULL;
     ADD(argv_qkey(a, prefix, queue, "working"));
     ADD(argv_str(a, prefix));
@@ -374,7 +377,7 @@ q_argv_t *q_cmd_release(const char *prefix, const char *queue, const char *id,
                         long long token)
 {
     char chan[256];
-    q_argv_t *a = argv_script(QS_RELEASE, 6, 12);
+    q_argv_t *a = q_argv_script(QS_RELEASE, 6, 12);
     if (!a) return NULL;
     q_channel_done(prefix, chan, sizeof(chan));
     ADD(argv_fmt(a, "%sjob:%s", prefix, id));
@@ -395,7 +398,7 @@ fail:
 q_argv_t *q_cmd_wait(const char *prefix, const char *const *queues, int nqueues,
                      double timeout_s)
 {
-    q_argv_t *a = argv_new(nqueues + 2);
+    q_argv_t *a = q_argv_new(nqueues + 2);
     if (!a) return NULL;
     ADD(argv_str(a, "BZPOPMIN"));
     for (int i = 0; i < nqueues; i++) ADD(argv_qkey(a, prefix, queues[i], "marker"));

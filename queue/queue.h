@@ -289,6 +289,10 @@ void q_fetched_free(q_fetched_t *f, int n);
 int q_parse_heartbeat(const redisReply *r, void (*on_lost)(void *, const char *),
                       void (*on_cancel)(void *, const char *), void *ctx);
 
+/* The key of a job's hash, "<prefix>job:<id>", into out (size outlen); with id "" the
+ * prefix every job key starts with. prefix is "cv:" (q_conn_prefix form). */
+void q_key_job(char *out, size_t outlen, const char *prefix, const char *id);
+
 /* The channel names ("cv:ch:done", "cv:ch:cancel") into out (size outlen). */
 void q_channel_done(const char *prefix, char *out, size_t outlen);
 void q_channel_cancel(const char *prefix, char *out, size_t outlen);

@@ -148,3 +148,17 @@ test('CONVEYOR_CONCURRENCY=2: a worker never runs more than 2 jobs at once',
     // the leases in Redis tell the same
     assert.equal(await s.redis('ZCARD', s.queueKey('default', 'working')), '0');
   }));
+
+test('queues: a worker serves only its CONVEYOR_QUEUES; weighted queues are all served',
+  { timeout: 60000 }, () => withStack({ workers: 0 }, async (s) => {
+    const hi = await s.enqueueMany(6, { type: 'noop', queue: 'hi' }, { parallel: 3 });
+    const lo = await s.enqueueMany(6, { type: 'noop', queue: 'lo' }, { parallel: 3 });
+    s.startWorker({ CONVEYOR_QUEUES: 'hi' });
+    await s.waitAll(hi, 'succeeded');
+    for (const id of lo) {
+      assert.equal((await s.job(id)).status, 'queued', `${id} of queue lo ran on a hi-only worker`);
+    }
+    s.startWorker({ CONVEYOR_QUEUES: 'hi:3,lo:1' });
+    const jobs = await s.waitAll(lo, 'succeeded');
+    for (const j of jobs) assert.equal(j.queue, 'lo');
+  }));

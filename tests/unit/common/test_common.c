@@ -81,6 +81,12 @@ static void test_secure_equal(void **state)
     assert_false(cm_secure_equal("secret-token", "secret-token2"));
     assert_false(cm_secure_equal("", "x"));
     assert_true(cm_secure_equal("", ""));
+
+    unsigned char d[32];
+    cm_sha256("op_secret", 9, d);
+    assert_true(cm_secure_equal_digest("op_secret", d));
+    assert_false(cm_secure_equal_digest("op_secreT", d));
+    assert_false(cm_secure_equal_digest("op_secret ", d));
 }
 
 static void test_random_id_and_time(void **state)
