@@ -28,7 +28,7 @@ CFLAGS += -std=c11 -Wall -Wextra -Werror -Wformat=2 -Wno-format-nonliteral -g $(
 LDFLAGS += $(SANFLAGS)
 LDLIBS := $(PKG_LIBS) -lcivetweb -lm -lpthread
 
-COMMON_SRC := common/log.c common/config.c common/util.c common/pg.c
+COMMON_SRC := $(sort $(wildcard common/*.c))
 QUEUE_SRC := queue/queue.c queue/codec.c queue/client.c
 WORKERS_SRC := $(sort $(wildcard workers/*.c))
 API_SRC := $(sort $(wildcard api/*.c))
@@ -36,8 +36,9 @@ SCHED_SRC := $(sort $(wildcard scheduler/*.c))
 SQL_SRC := $(sort $(wildcard sql/*.c))
 CLI_SRC := $(sort $(wildcard cli/*.c))
 LUA_FILES := $(sort $(wildcard queue/lua/*.lua))
+API_LUA_FILES := $(sort $(wildcard api/lua/*.lua))
 SQL_FILES := $(sort $(wildcard sql/*.sql))
-GEN_SRC := $(BUILD)/gen/lua_scripts.c $(BUILD)/gen/sql_migrations.c
+GEN_SRC := $(BUILD)/gen/lua_scripts.c $(BUILD)/gen/api_lua.c $(BUILD)/gen/sql_migrations.c
 
 LIB_SRC := $(COMMON_SRC) $(QUEUE_SRC) $(WORKERS_SRC) $(API_SRC) $(SCHED_SRC) $(SQL_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(GEN_SRC:.c=.o)
@@ -67,6 +68,10 @@ $(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 $(BUILD)/gen/lua_scripts.c: $(LUA_FILES) ops/embed.sh
 	@mkdir -p $(dir $@)
 	ops/embed.sh q_lua_scripts $(LUA_FILES) > $@
+
+$(BUILD)/gen/api_lua.c: $(API_LUA_FILES) ops/embed.sh
+	@mkdir -p $(dir $@)
+	ops/embed.sh api_lua_scripts $(API_LUA_FILES) > $@
 
 $(BUILD)/gen/sql_migrations.c: $(SQL_FILES) ops/embed.sh
 	@mkdir -p $(dir $@)

@@ -50,12 +50,18 @@ size_t api_render(const json_t *body, char *buf, size_t cap)
  * at buf + HEAD_ROOM), then all of it (the body left out for HEAD) in one write. */
 static int send_reply(api_req_t *r, int status, char *buf, size_t n, const char *headers)
 {
-    char head[HEAD_ROOM];
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-                      "X-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s\r\n",
-                      status, reason(r, status), n, r->request_id,
-                      connection_header(r), headers ? headers : "");
+    char head[HEAD_ROOM], length[80] = "";
+    int hl;
+
+    if (status == 204) /* no body, and then no Content-Length either (RFC 9110 8.6) */
+        n = 0;
+    else
+        snprintf(length, sizeof(length),
+                 "Content-Type: application/json\r\nContent-Length: %zu\r\n", n);
+    hl = snprintf(head, sizeof(head),
+                  "HTTP/1.1 %d %s\r\n%sX-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s%s\r\n",
+                  status, reason(r, status), length, r->request_id, connection_header(r),
+                  r->limit_headers, headers ? headers : "");
     if (hl < 0 || hl >= HEAD_ROOM) { /* our own headers: cannot happen */
         LOG_REQ_ERR(r->request_id, "reply headers too long");
         hl = 0;
@@ -302,6 +308,8 @@ int api_query_check(api_req_t *r, const char *const *names)
         if (end == p) continue;
         eq = memchr(p, '=', (size_t)(end - p));
         kn = mg_url_decode(p, (int)((eq ? eq : end) - p), key, sizeof(key), 1);
+        if (kn >= 0 && (strcmp(key, "api_key") == 0 || strcmp(key, "token") == 0))
+            continue; /* a credential, taken by the gate on every route */
         for (int i = 0; kn >= 0 && names && names[i] && !name; i++)
             if (strcmp(names[i], key) == 0) name = names[i];
         if (!name) {

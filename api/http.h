@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "api/auth.h"
+#include "api/authcache.h"
 #include "api/cache.h"
 #include "api/wait.h"
 #include "common/pg.h"
@@ -21,6 +22,7 @@
 #define API_PARAM_MAX 64     /* longest {id} path segment kept */
 #define API_QUERY_MAX 8      /* query parameters per request */
 #define API_QUERY_BUF 1024   /* their decoded values, together */
+#define API_LIMIT_HEADERS 320 /* the rate-limit header lines */
 
 /* A request in flight; lives on the stack of the civetweb thread serving it. Every
  * pointer is borrowed. */
@@ -34,6 +36,8 @@ typedef struct api_req {
     cm_pg_pool_t *pg;           /* the process's PostgreSQL pool */
     api_waits_t *waits;         /* the process's long-poll registry */
     api_cache_t *cache;         /* the process's job answer cache (NULL: none) */
+    api_authcache_t *auth;      /* the process's credential/counter cache (NULL: none) */
+    char limit_headers[API_LIMIT_HEADERS]; /* rate-limit header lines of every reply */
     int status;                 /* status sent; 0 until a reply is written */
     int close;                  /* ask the client to close the connection after it */
     int nq;                     /* query parameters kept by api_query_check */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "api/accounts.h"
 #include "api/jobs.h"
 #include "api/ops.h"
 
@@ -11,14 +12,26 @@ static const char *const q_get_job[] = {"wait", NULL};
 static const char *const q_list_jobs[] = {"status", "type", "limit", "cursor", "owner", NULL};
 
 static const api_route_t routes[] = {
-    {"POST", "/v1/jobs", api_jobs_create, API_AUTH_USER, NULL},
-    {"GET", "/v1/jobs", api_jobs_list, API_AUTH_USER, q_list_jobs},
-    {"GET", "/v1/jobs/{id}", api_jobs_get, API_AUTH_USER, q_get_job},
-    {"DELETE", "/v1/jobs/{id}", api_jobs_cancel, API_AUTH_USER, NULL},
-    {"POST", "/v1/jobs/{id}/retry", api_jobs_retry, API_AUTH_USER, NULL},
-    {"GET", "/v1/queues", api_ops_queues, API_AUTH_ADMIN, NULL},
-    {"GET", "/healthz", api_ops_healthz, API_AUTH_NONE, NULL},
-    {"GET", "/readyz", api_ops_readyz, API_AUTH_NONE, NULL},
+    {"POST", "/v1/jobs", api_jobs_create, API_AUTH_USER, NULL, API_RL_NONE},
+    {"GET", "/v1/jobs", api_jobs_list, API_AUTH_USER, q_list_jobs, API_RL_NONE},
+    {"GET", "/v1/jobs/{id}", api_jobs_get, API_AUTH_USER, q_get_job, API_RL_NONE},
+    {"DELETE", "/v1/jobs/{id}", api_jobs_cancel, API_AUTH_USER, NULL, API_RL_NONE},
+    {"POST", "/v1/jobs/{id}/retry", api_jobs_retry, API_AUTH_USER, NULL, API_RL_NONE},
+    {"GET", "/v1/queues", api_ops_queues, API_AUTH_ADMIN, NULL, API_RL_NONE},
+    {"POST", "/v1/auth/register", api_auth_register, API_AUTH_NONE, NULL, API_RL_AUTH},
+    {"POST", "/v1/auth/login", api_auth_login, API_AUTH_NONE, NULL, API_RL_AUTH},
+    {"POST", "/v1/auth/refresh", api_auth_refresh, API_AUTH_NONE, NULL, API_RL_IP},
+    {"POST", "/v1/auth/logout", api_auth_logout, API_AUTH_USER, NULL, API_RL_NONE},
+    {"POST", "/v1/auth/api-keys", api_keys_create, API_AUTH_USER, NULL, API_RL_NONE},
+    {"GET", "/v1/auth/api-keys", api_keys_list, API_AUTH_USER, NULL, API_RL_NONE},
+    {"DELETE", "/v1/auth/api-keys/{id}", api_keys_delete, API_AUTH_USER, NULL, API_RL_NONE},
+    {"POST", "/v1/users", api_users_create, API_AUTH_OPTIONAL, NULL, API_RL_AUTH},
+    /* {id} may be "me" or "profile": the caller */
+    {"GET", "/v1/users/{id}", api_users_get, API_AUTH_USER, NULL, API_RL_NONE},
+    {"PUT", "/v1/users/{id}", api_users_update, API_AUTH_USER, NULL, API_RL_NONE},
+    {"DELETE", "/v1/users/{id}", api_users_delete, API_AUTH_USER, NULL, API_RL_NONE},
+    {"GET", "/healthz", api_ops_healthz, API_AUTH_NONE, NULL, API_RL_NONE},
+    {"GET", "/readyz", api_ops_readyz, API_AUTH_NONE, NULL, API_RL_NONE},
 };
 
 /* Matches path (length n) against pattern; copies the {id} segment into param. */

@@ -9,7 +9,9 @@
 
 #include "api/http.h"
 
-enum { API_AUTH_NONE = 0, API_AUTH_USER = 1, API_AUTH_ADMIN = 2 };
+/* API_AUTH_OPTIONAL: a credential is checked when given; without one the request is
+ * anonymous (and counts against the route's bucket). */
+enum { API_AUTH_NONE = 0, API_AUTH_USER = 1, API_AUTH_ADMIN = 2, API_AUTH_OPTIONAL = 3 };
 
 typedef struct api_route {
     const char *method;
@@ -17,6 +19,7 @@ typedef struct api_route {
     int (*handler)(api_req_t *r); /* returns the status it sent */
     int auth;                     /* API_AUTH_* */
     const char *const *query;     /* query parameters accepted (NULL-terminated) or NULL */
+    int bucket;                   /* api_bucket_t of anonymous requests (API_RL_NONE: none) */
 } api_route_t;
 
 /* Finds the route for method and path (borrowed). On a match copies the {id} segment

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "api/cache.h"
+#include "api/gate.h"
 #include "api/http.h"
 #include "api/route.h"
 #include "api/wait.h"
@@ -30,6 +31,7 @@ typedef struct server {
     cm_pg_pool_t *pg;
     api_waits_t *waits;
     api_cache_t *cache;
+    api_authcache_t *auth;
 } server_t;
 
 /* mg_stop runs here while the main thread pokes the listener (see stop_server). */
@@ -109,31 +111,14 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
-/* Authenticates r for a route needing level need (API_AUTH_USER or API_AUTH_ADMIN).
- * Returns 0, or the status of the error it sent. */
-static int authenticate(api_req_t *r, int need)
-{
-    int rc = api_authenticate(mg_get_header(r->conn, "Authorization"), &r->who);
-    if (rc == API_AUTH_EMISSING)
-        return api_error(r, 401, "UNAUTHORIZED", NULL,
-                         "WWW-Authenticate: Bearer realm=\"conveyor\"\r\n",
-                         "authentication required: send Authorization: Bearer <token>");
-    if (rc != 0)
-        return api_error(r, 401, "UNAUTHORIZED", NULL,
-                         "WWW-Authenticate: Bearer realm=\"conveyor\", error=\"invalid_token\"\r\n",
-                         "the bearer token is not valid");
-    if (need == API_AUTH_ADMIN && r->who.role != API_ROLE_ADMIN)
-        return api_error(r, 403, "FORBIDDEN", NULL, NULL, "this endpoint needs the admin role");
-    return 0;
-}
-
 /* Every request: route, authenticate, check the query, run the handler, log one line. */
 static int on_request(struct mg_connection *conn)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const server_t *srv = ri->user_data;
     api_req_t r = {
-        .conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits, .cache = srv->cache};
+        .conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits, .cache = srv->cache,
+        .auth = srv->auth};
     const api_route_t *rt;
     struct timespec t0, t1;
     char allow[64], hdr[96];
@@ -150,13 +135,13 @@ static int on_request(struct mg_connection *conn)
                        "method not allowed; this path accepts %s", allow);
     } else if (!rt) {
         st = api_error(&r, 404, "NOT_FOUND", NULL, NULL, "no such endpoint");
-    } else if (rt->auth != API_AUTH_NONE && (st = authenticate(&r, rt->auth)) != 0) {
-        /* sent */
-    } else if (api_query_check(&r, rt->query) != 0) {
-        st = r.status;
     } else if (!(r.q = thread_conn())) {
         st = api_error(&r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
                        "out of resources; try again shortly");
+    } else if ((st = api_gate(&r, rt->auth, (api_bucket_t)rt->bucket)) != 0) {
+        /* sent: 401, 403, 429 or 503 */
+    } else if (api_query_check(&r, rt->query) != 0) {
+        st = r.status;
     } else {
         st = rt->handler(&r);
     }
@@ -180,7 +165,7 @@ int api_main(int argc, char **argv)
     server_t srv = {0};
     struct mg_callbacks cb = {0};
     struct mg_context *ctx;
-    char threads[16], channel[256], prefix[128], job_keys[160];
+    char threads[16], channel[256], auth_channel[256], prefix[128], job_keys[160];
     sigset_t sigs, old;
     int sig, waiters, rc = 1;
 
@@ -191,6 +176,11 @@ int api_main(int argc, char **argv)
     if (!cm_cfg.operator_token || !*cm_cfg.operator_token) {
         fprintf(stderr, "conveyor api: CONVEYOR_OPERATOR_TOKEN is not set; refusing to start "
                         "without an operator credential\n");
+        return 2;
+    }
+    if (!cm_cfg.jwt_secret || strlen(cm_cfg.jwt_secret) < 32) {
+        fprintf(stderr, "conveyor api: CONVEYOR_JWT_SECRET must be set to at least 32 bytes "
+                        "(e.g. openssl rand -hex 32)\n");
         return 2;
     }
     /* Request threads inherit the mask: only this thread takes SIGTERM/SIGINT. */
@@ -208,9 +198,12 @@ int api_main(int argc, char **argv)
     q_key_job(job_keys, sizeof(job_keys), prefix, "");
     if (!(srv.cache = api_cache_new(API_CACHE_ENTRIES, API_CACHE_BYTES, job_keys)))
         goto fail_cache;
+    if (!(srv.auth = api_authcache_new())) goto fail_auth;
+    api_auth_channel(auth_channel, sizeof(auth_channel), prefix);
     srv.waits = api_waits_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_timeout_ms,
-                              channel, waiters, srv.cache);
+                              channel, waiters, srv.cache, auth_channel, srv.auth);
     if (!srv.waits) goto fail_waits;
+    if (api_gate_flusher_start(srv.auth) != 0) goto fail_flusher;
 
     snprintf(threads, sizeof(threads), "%d", cm_cfg.api_threads);
     const char *options[] = {
@@ -241,8 +234,12 @@ int api_main(int argc, char **argv)
     rc = 0;
 fail_start:
     mg_exit_library();
+    api_gate_flusher_stop(); /* after mg_stop: no request counts any more */
+fail_flusher:
     api_waits_free(srv.waits);
 fail_waits:
+    api_authcache_free(srv.auth);
+fail_auth:
     api_cache_free(srv.cache);
 fail_cache:
     cm_pg_pool_free(srv.pg);

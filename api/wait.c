@@ -26,7 +26,8 @@ struct api_waits {
     pthread_t thread;
     redisContext *sub; /* the subscriber's connection while it listens (lock) */
     api_cache_t *cache; /* kept current from this connection (NULL: none) */
-    char *host, *channel;
+    api_authcache_t *auth; /* the same, from auth_channel (NULL: none) */
+    char *host, *channel, *auth_channel;
     int port, timeout_ms;
 };
 
@@ -98,16 +99,23 @@ static redisContext *subscribe(api_waits_t *w, long long *cache_id)
     if (c->err || redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK)
         goto fail;
     if (w->cache && (*cache_id = cache_client_id(c)) < 0) goto fail;
-    r = *cache_id ? redisCommand(c, "SUBSCRIBE %s %s", w->channel, API_CACHE_CHANNEL)
-                  : redisCommand(c, "SUBSCRIBE %s", w->channel);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) goto fail;
-    freeReplyObject(r);
-    r = NULL;
-    if (*cache_id && (redisGetReply(c, (void **)&r) != REDIS_OK ||
-                      r->type != REDIS_REPLY_ARRAY || r->elements != 3))
-        goto fail;
-    freeReplyObject(r);
-    r = NULL;
+    {
+        const char *argv[4] = {"SUBSCRIBE", w->channel};
+        int argc = 2;
+        if (*cache_id) argv[argc++] = API_CACHE_CHANNEL;
+        if (w->auth) argv[argc++] = w->auth_channel;
+        r = redisCommandArgv(c, argc, argv, NULL);
+        /* one confirmation per channel */
+        for (int i = 1; i < argc - 1 && r && r->type == REDIS_REPLY_ARRAY && r->elements == 3;
+             i++) {
+            freeReplyObject(r);
+            r = NULL;
+            if (redisGetReply(c, (void **)&r) != REDIS_OK) r = NULL;
+        }
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3) goto fail;
+        freeReplyObject(r);
+        r = NULL;
+    }
     /* Block on the channel for as long as it takes; TCP keepalive finds a dead peer. */
     if (redisSetTimeout(c, forever) != REDIS_OK) goto fail;
     pthread_mutex_lock(&w->lock);
@@ -139,6 +147,8 @@ static void on_message(api_waits_t *w, const redisReply *r)
         return;
     if (w->cache && strcmp(r->element[1]->str, API_CACHE_CHANNEL) == 0)
         api_cache_on_invalidate(w->cache, r->element[2]);
+    else if (w->auth && strcmp(r->element[1]->str, w->auth_channel) == 0)
+        api_authcache_invalidate(w->auth); /* a session or key was revoked somewhere */
     else if (r->element[2]->type == REDIS_REPLY_STRING)
         for (const char *p = r->element[2]->str; *p;) {
             size_t n = strcspn(p, " ");
@@ -189,10 +199,12 @@ static void *on_subscriber(void *arg)
             if (backoff) LOG_INFO("long-poll subscriber: listening on %s again", w->channel);
             backoff = 0;
             if (cache_id) api_cache_enable(w->cache, cache_id);
+            if (w->auth) api_authcache_enable(w->auth);
             wake(w, NULL); /* a job may have ended while we were not listening */
             listen_on(w, c);
             /* Invalidations may be lost from here on: nothing cached can be trusted. */
             if (cache_id) api_cache_disable(w->cache);
+            if (w->auth) api_authcache_disable(w->auth);
             pthread_mutex_lock(&w->lock);
             w->sub = NULL;
             closed = w->closed;
@@ -216,13 +228,16 @@ static void *on_subscriber(void *arg)
 }
 
 api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const char *channel,
-                           int max, api_cache_t *cache)
+                           int max, api_cache_t *cache, const char *auth_channel,
+                           api_authcache_t *auth)
 {
     api_waits_t *w = calloc(1, sizeof(*w));
     if (!w) return NULL;
     w->host = strdup(host);
     w->channel = strdup(channel);
-    if (!w->host || !w->channel) goto fail_strings;
+    w->auth_channel = strdup(auth && auth_channel ? auth_channel : "");
+    w->auth = auth;
+    if (!w->host || !w->channel || !w->auth_channel) goto fail_strings;
     w->port = port;
     w->timeout_ms = timeout_ms;
     w->max = max;
@@ -241,6 +256,7 @@ fail_thread:
 fail_strings:
     free(w->host);
     free(w->channel);
+    free(w->auth_channel);
     free(w);
     return NULL;
 }
@@ -267,6 +283,7 @@ void api_waits_free(api_waits_t *w)
     pthread_mutex_destroy(&w->lock);
     free(w->host);
     free(w->channel);
+    free(w->auth_channel);
     free(w);
 }
 

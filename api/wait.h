@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "api/authcache.h"
 #include "api/cache.h"
 #include "queue/queue.h"
 
@@ -29,10 +30,13 @@ typedef struct api_waiter {
 } api_waiter_t;
 
 /* Creates the registry and starts its subscriber thread on channel (copied) of Redis
- * host:port (connect timeout timeout_ms), keeping cache (borrowed; NULL: none) current.
+ * host:port (connect timeout timeout_ms), keeping cache (borrowed; NULL: none) current,
+ * and auth (borrowed; NULL: none) from auth_channel (copied), where revocations are
+ * announced.
  * Returns NULL if it cannot allocate or start the thread. */
 api_waits_t *api_waits_new(const char *host, int port, int timeout_ms, const char *channel,
-                           int max, api_cache_t *cache);
+                           int max, api_cache_t *cache, const char *auth_channel,
+                           api_authcache_t *auth);
 
 /* Stops the subscriber, wakes every waiter and refuses new ones (call before mg_stop so
  * no request thread stays blocked). Idempotent. */

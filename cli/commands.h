@@ -8,4 +8,7 @@
  * exit code, or CLI_UNKNOWN if cmd is not an operator command. */
 int cli_command(const char *cmd, int argc, char **argv);
 
+/* `conveyor users create ...` (PostgreSQL). argv[0] is "users". Returns the exit code. */
+int cli_users(int argc, char **argv);
+
 #endif

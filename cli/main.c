@@ -27,6 +27,8 @@ static void usage(FILE *out)
             "  cancel JOB_ID       cancel a job\n"
             "  retry JOB_ID        re-queue a dead or failed job\n"
             "  queues              per-queue figures as JSON\n"
+            "  users create --email E [--admin] [--name N] [--password-stdin]\n"
+            "                      create a user (the password is generated unless given)\n"
             "  config              the configuration table (Markdown)\n");
 }
 
@@ -61,6 +63,8 @@ int main(int argc, char **argv)
         rc = sch_main(argc, argv);
     else if (strcmp(cmd, "migrate") == 0)
         rc = sql_migrate_main(argc, argv);
+    else if (strcmp(cmd, "users") == 0)
+        rc = cli_users(argc, argv);
     else if ((rc = cli_command(cmd, argc, argv)) == CLI_UNKNOWN) {
         fprintf(stderr, "conveyor: unknown command '%s'\n", cmd);
         usage(stderr);

@@ -25,6 +25,19 @@ typedef struct cm_config {
     int max_body_bytes;
     int max_waiters;       /* long-polls/sync calls waiting at once per api process */
     int max_wait_seconds;  /* cap of ?wait=N */
+    /* accounts */
+    char *jwt_secret;      /* HS256 key; secret, never logged */
+    int access_ttl_seconds;
+    int refresh_ttl_seconds;
+    int password_min_length;
+    int argon2_memory_kib;
+    int argon2_iterations;
+    /* rate limits: requests per window; 0 turns one off */
+    int rl_window_seconds;
+    int rl_user;
+    int rl_api_key;
+    int rl_auth;
+    int rl_ip;
     /* worker */
     int concurrency;       /* jobs in flight per worker process */
     char *queues;          /* "critical:3,default:1" (name:weight) */

@@ -51,7 +51,12 @@ void cm_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[32];
     cm_sha256(data, len, md);
-    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
 }
 
 int cm_secure_equal_digest(const char *s, const unsigned char digest[32])

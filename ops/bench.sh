@@ -13,6 +13,9 @@
 #     BENCH_CONNS connections, BENCH_WRK_THREADS threads, BENCH_DURATION s) against
 #     `conveyor api` with no worker running; reference: a bare civetweb handler
 #     (tests/bench/bare.c) with the same number of threads and tcp_nodelay=1.
+# (e) (issue 3) the GET of (c) authenticated with an admin user's API key, then with its
+#     JWT access token (rate limits counted, set out of reach); reference: (c) with the
+#     operator token (no rate limit).
 # (d) worker VmRSS idle and with BENCH_SLEEP_JOBS `sleep` {"ms":30000} jobs in flight
 #     (CONVEYOR_CONCURRENCY=BENCH_SLEEP_JOBS); reference: the BullMQ worker doing the
 #     same (VmRSS of its node process).
@@ -330,12 +333,40 @@ run_wrk() {
     say "$name: ${R[${name}_rps]} req/s p50 ${R[${name}_p50]} ms p99 ${R[${name}_p99]} ms, ${R[${name}_err]} errors (${R[${name}_cpu]})"
 }
 
+# bench_user_auth PID JOB_ID — (e) the GET of (c) with an API key and with a JWT access
+# token of an admin user (who may read the operator's job): credential checks and the
+# rate limiter (limits set out of reach, still counted) on every request.
+bench_user_auth() {
+    local api=$1 id=$2 creds pw login jwt key saved=$BENCH_TOKEN
+    creds=$(CONVEYOR_REDIS_PREFIX=cvb "$BIN" users create --email "bench-$$@localhost" --admin \
+        </dev/null 2>>"$LOGS/users.log") || { phase_fail e "conveyor users create failed"; return 0; }
+    pw=$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).password)' "$creds")
+    login=$(printf '{"email":"bench-%s@localhost","password":"%s"}' "$$" "$pw" |
+        curl -s --max-time 5 -H 'Content-Type: application/json' --data-binary @- \
+            "http://127.0.0.1:$APORT/v1/auth/login")
+    jwt=$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).accessToken || "")' "$login" 2>/dev/null) || jwt=''
+    [[ -n $jwt ]] || { phase_fail e "login failed: ${login:0:200}"; return 0; }
+    key=$(printf 'Authorization: Bearer %s\n' "$jwt" |
+        curl -s --max-time 5 -H @- -H 'Content-Type: application/json' -d '{"name":"bench"}' \
+            "http://127.0.0.1:$APORT/v1/auth/api-keys" |
+        node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).key||""))' 2>/dev/null) || key=''
+    [[ -n $key ]] || { phase_fail e "API key creation failed"; return 0; }
+    BENCH_TOKEN=$key
+    run_wrk e_key "$api" "http://127.0.0.1:$APORT/v1/jobs/$id" get ||
+        phase_fail e "wrk GET with an API key failed (logs/wrk-e_key.log)"
+    BENCH_TOKEN=$jwt
+    run_wrk e_jwt "$api" "http://127.0.0.1:$APORT/v1/jobs/$id" get ||
+        phase_fail e "wrk GET with a JWT failed (logs/wrk-e_jwt.log)"
+    BENCH_TOKEN=$saved
+}
+
 phase_http_conveyor() {
     local prefix=cvb api id code body auth post_ok=1
     auth=$TMP/auth.header # curl -H @file: the token stays off command lines
     (umask 077 && printf 'Authorization: Bearer %s\n' "$CONVEYOR_OPERATOR_TOKEN" >"$auth")
     say "(b)(c) conveyor api on 127.0.0.1:$APORT, $API_THREADS threads, no worker running"
     CONVEYOR_REDIS_PREFIX=$prefix CONVEYOR_LISTEN=127.0.0.1:$APORT CONVEYOR_API_THREADS=$API_THREADS \
+        CONVEYOR_RATE_LIMIT_USER=1000000000 CONVEYOR_RATE_LIMIT_API_KEY=1000000000 \
         "$BIN" api >"$LOGS/api.log" 2>&1 &
     api=$!
     track "$api"
@@ -364,6 +395,7 @@ phase_http_conveyor() {
     if [[ -n $id ]]; then
         run_wrk c_conv "$api" "http://127.0.0.1:$APORT/v1/jobs/$id" get ||
             phase_fail c "wrk GET failed (logs/wrk-c_conv.log)"
+        bench_user_auth "$api" "$id"
     fi
     R[b_conv_jobs]=$(rcli zcard "$prefix:{default}:ready")
     stop_pid "$api" 30
@@ -487,11 +519,14 @@ report() {
     ROWS+=("(b) POST p50 / p99 ms|$(pair b_conv)|$(pair b_bare)|-|-|info")
     row "(c) GET /v1/jobs/{id} req/s vs bare civetweb" "${R[c_conv_rps]:-}" "${R[c_bare_rps]:-}" 0.7
     ROWS+=("(c) GET p50 / p99 ms|$(pair c_conv)|$(pair c_bare)|-|-|info")
+    row "(e) GET /v1/jobs/{id} with an API key vs (c) operator token" "${R[e_key_rps]:-}" "${R[c_conv_rps]:-}" 0.8
+    row "(e) GET /v1/jobs/{id} with a JWT vs (c) operator token" "${R[e_jwt_rps]:-}" "${R[c_conv_rps]:-}" 0.8
+    ROWS+=("(e) GET p50 / p99 ms, API key / JWT|$(pair e_key)|$(pair e_jwt)|-|-|info")
     row "(d) worker RSS MiB idle vs BullMQ worker" "${R[d_conv_idle]:-}" "${R[d_bull_idle]:-}" -
     row "(d) worker RSS MiB, $SLEEP_JOBS jobs in flight" "${R[d_conv_busy]:-}" "${R[d_bull_busy]:-}" -
     row "preload jobs/s (enqueue --count vs addBulk)" \
         "${R[a_conv_preload]:-}" "${R[a_bull_preload]:-}" -
-    for r in b_conv c_conv b_bare c_bare; do
+    for r in b_conv c_conv b_bare c_bare e_key e_jwt; do
         [[ ${R[${r}_err]:-0} == 0 ]] || errs+=" $r: ${R[${r}_err]} error answers/socket errors;"
     done
     {
@@ -574,7 +609,8 @@ main() {
     set +a
     CONVEYOR_OPERATOR_TOKEN=$(openssl rand -hex 24)
     BENCH_TOKEN=$CONVEYOR_OPERATOR_TOKEN # for wrk_jobs.lua; never on a command line
-    export CONVEYOR_OPERATOR_TOKEN BENCH_TOKEN CONVEYOR_LOG_LEVEL=warn
+    CONVEYOR_JWT_SECRET=$(openssl rand -hex 32)
+    export CONVEYOR_OPERATOR_TOKEN CONVEYOR_JWT_SECRET BENCH_TOKEN CONVEYOR_LOG_LEVEL=warn
     timeout 60 "$BIN" migrate >"$LOGS/migrate.log" 2>&1 || die "conveyor migrate failed (build/bench/logs/migrate.log)"
     say "Redis 127.0.0.1:$RPORT, PostgreSQL 127.0.0.1:$PPORT; $(nproc) cores shared by everything"
 

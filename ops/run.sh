@@ -9,7 +9,8 @@
 #   CONVEYOR_RUN_REDIS_PORT   Redis port                  (default: 16379)
 #   CONVEYOR_RUN_PG_PORT      PostgreSQL port             (default: 15432)
 #   CONVEYOR_LISTEN           API address, loopback only  (default: 127.0.0.1:8080)
-# Files: var/operator_token (0600, created once), var/log/{api,worker,scheduler}.log
+# Files: var/operator_token, var/jwt_secret, var/admin_credentials (0600, created once),
+#        var/log/{api,worker,scheduler}.log
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -99,20 +100,41 @@ cleanup() {
 
 # ---------------------------------------------------------------- startup
 
-ensure_token() {
-    local f=$VAR/operator_token hex
+# ensure_secret FILE PREFIX BYTES — FILE (0600) holding PREFIX + BYTES random bytes in
+# hex, created once; prints its content.
+ensure_secret() {
+    local f=$1 hex
     if [[ ! -s $f ]]; then
         if command -v openssl >/dev/null 2>&1; then
-            hex=$(openssl rand -hex 24)
+            hex=$(openssl rand -hex "$3")
         else
-            hex=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+            hex=$(od -An -tx1 -N"$3" /dev/urandom | tr -d ' \n')
         fi
-        (umask 077 && printf 'op_%s\n' "$hex" >"$f.tmp")
+        (umask 077 && printf '%s%s\n' "$2" "$hex" >"$f.tmp")
         mv -f "$f.tmp" "$f"
     fi
     chmod 600 "$f"
-    CONVEYOR_OPERATOR_TOKEN=$(<"$f")
-    export CONVEYOR_OPERATOR_TOKEN
+    cat "$f"
+}
+
+ensure_secrets() {
+    CONVEYOR_OPERATOR_TOKEN=$(ensure_secret "$VAR/operator_token" op_ 24)
+    CONVEYOR_JWT_SECRET=$(ensure_secret "$VAR/jwt_secret" '' 32)
+    export CONVEYOR_OPERATOR_TOKEN CONVEYOR_JWT_SECRET
+}
+
+# ensure_admin — the local admin account, created once; its credentials are kept in
+# var/admin_credentials (0600).
+ensure_admin() {
+    local f=$VAR/admin_credentials out
+    [[ -s $f ]] && return 0
+    if ! out=$("$BIN" users create --email admin@localhost --admin --name Admin </dev/null); then
+        err "could not create admin@localhost (it may exist from an earlier run whose"
+        err "$f was removed): create another with: $BIN users create --email E --admin"
+        return 0
+    fi
+    (umask 077 && printf '%s\n' "$out" >"$f.tmp")
+    mv -f "$f.tmp" "$f"
 }
 
 start_process() {
@@ -146,6 +168,10 @@ banner() {
 
   Operator token (also in $VAR/operator_token):
     TOKEN=$CONVEYOR_OPERATOR_TOKEN
+  Admin account (also in $VAR/admin_credentials):
+    $(cat "$VAR/admin_credentials" 2>/dev/null || echo "none")
+  Sign in:
+    curl -s -X POST $base/v1/auth/login -H 'Content-Type: application/json' -d '{"email":"admin@localhost","password":"..."}'
 
   Try:
     curl -s -X POST $base/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"type":"noop","input":{}}'
@@ -194,10 +220,11 @@ main() {
     # shellcheck source=/dev/null
     . "$VAR/env"
     set +a
-    ensure_token
+    ensure_secrets
 
     say "migrating the database"
     "$BIN" migrate </dev/null || die "conveyor migrate failed"
+    ensure_admin
 
     local name
     for name in "${PROCS[@]}"; do start_process "$name"; done

@@ -106,6 +106,39 @@ redisReply *q_command(q_conn_t *c, const char *fmt, ...)
     return r;
 }
 
+redisReply *q_eval(q_conn_t *c, const char *sha, const char *src, int nkeys, int argc,
+                   const char *const *args)
+{
+    const char *argv[16];
+    char nk[16];
+    redisReply *r = NULL;
+
+    if (argc < 0 || argc > 12) return NULL;
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    argv[0] = "EVALSHA";
+    argv[1] = sha;
+    argv[2] = nk;
+    memcpy(argv + 3, args, (size_t)argc * sizeof(*args));
+    for (int attempt = 0; attempt < 3 && !r; attempt++) {
+        int had = c->rc != NULL;
+        redisContext *rc = q_conn_redis(c);
+        if (!rc) return NULL;
+        r = redisCommandArgv(rc, argc + 3, argv, NULL);
+        if (!r && had && (rc->err == REDIS_ERR_EOF || rc->err == REDIS_ERR_IO)) {
+            drop(c);
+            continue;
+        }
+        r = checked(c, r);
+        if (q_reply_noscript(r)) { /* a restarted or flushed Redis: send the text */
+            freeReplyObject(r);
+            r = NULL;
+            argv[0] = "EVAL";
+            argv[1] = src;
+        }
+    }
+    return r;
+}
+
 int q_ping(q_conn_t *c)
 {
     redisReply *r = q_command(c, "PING");

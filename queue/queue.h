@@ -134,6 +134,13 @@ const char *q_conn_prefix(const q_conn_t *c);
  * with freeReplyObject), or NULL after dropping the connection (it reconnects next use). */
 redisReply *q_command(q_conn_t *c, const char *fmt, ...);
 
+/* Runs a script of another module: EVALSHA sha nkeys args... (argc strings, borrowed),
+ * falling back to EVAL src when Redis does not know it yet; a connection Redis closed
+ * meanwhile is retried once, as q_command does (the script must be safe to repeat).
+ * Returns the reply (an error reply included; caller frees) or NULL. */
+redisReply *q_eval(q_conn_t *c, const char *sha, const char *src, int nkeys, int argc,
+                   const char *const *args);
+
 /* 1 if PING answers. */
 int q_ping(q_conn_t *c);
 

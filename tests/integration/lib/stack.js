@@ -8,7 +8,9 @@
 // even if node dies) in its own process group, with stdout+stderr kept in a buffer.
 // withStack() runs a test body against a fresh stack, prints the processes' logs when it
 // fails, always stops everything, and fails the test if a process crashed or did not
-// shut down cleanly on SIGTERM.
+// shut down cleanly on SIGTERM. stack.startExtraApi() adds another api process on the
+// same data (several api processes behind one balancer); stack.cli(args) runs an operator
+// command such as `conveyor users create` against the stack.
 //
 // By hand: ops/services.sh start /tmp/itest RPORT PPORT --fast; set -a; . /tmp/itest/env;
 // set +a; CONVEYOR_BIN=$PWD/bin/conveyor node --test tests/integration/; then
@@ -364,11 +366,13 @@ class Stack {
     this.prefix = randomName();
     this.schema = randomName();
     this.token = crypto.randomBytes(24).toString('hex');
+    this.jwtSecret = crypto.randomBytes(32).toString('hex');
     this.opts = opts;
     this.procs = [];
     this.workers = [];
     this.schedulers = [];
     this.apiProc = null;
+    this.extraApis = []; // startExtraApi()
     this.redisProc = null; // a private redis-server (opts.privateRedis)
     this.redisUrl = REDIS_URL;
     this.stopped = false;
@@ -386,6 +390,7 @@ class Stack {
       CONVEYOR_PG_SCHEMA: this.schema,
       ...(this.port ? { CONVEYOR_LISTEN: `127.0.0.1:${this.port}` } : {}),
       CONVEYOR_OPERATOR_TOKEN: this.token,
+      CONVEYOR_JWT_SECRET: this.jwtSecret,
       ...FAST_ENV,
       ...this.opts.env,
       ...extra,
@@ -399,28 +404,59 @@ class Stack {
     return p;
   }
 
-  // Starts the api on a free port and waits for GET /healthz. A port taken meanwhile by
-  // another program makes the api exit: then it tries another port (3 tries).
-  async startApi() {
+  // Starts one `conveyor api` process (log name `name`) on a free port and waits for its
+  // GET /healthz; returns {port, proc}. A port taken meanwhile by another program makes
+  // the api exit: then it tries another port (3 tries).
+  async launchApi(name) {
     for (let attempt = 1; ; attempt++) {
-      this.port = await freePort();
-      this.apiProc = this.spawn('api', 'api');
+      const port = await freePort();
+      const proc = this.spawn('api', name, { CONVEYOR_LISTEN: `127.0.0.1:${port}` });
       try {
         await waitFor(async () => {
-          if (!this.apiProc.alive) {
-            const e = new Error(`api exited (${this.apiProc.describeExit()}) before /healthz`);
+          if (!proc.alive) {
+            const e = new Error(`${name} exited (${proc.describeExit()}) before /healthz`);
             e.fatal = true;
             throw e;
           }
-          const r = await this.api('GET', '/healthz', { token: null, timeoutMs: 1000 });
+          const r = await this.apiAt(port, 'GET', '/healthz', { token: null, timeoutMs: 1000 });
           return r.status === 200;
-        }, { timeout: HEALTH_TIMEOUT_MS, what: `GET /healthz on port ${this.port}` });
-        return;
+        }, { timeout: HEALTH_TIMEOUT_MS, what: `GET /healthz on port ${port}` });
+        return { port, proc };
       } catch (err) {
-        if (this.apiProc.alive || attempt === 3) throw err;
-        this.apiProc.expectExit = true; // reported through err if it was the last try
+        if (proc.alive || attempt === 3) throw err;
+        proc.expectExit = true; // reported through err if it was the last try
       }
     }
+  }
+
+  // Starts the api (this.port, this.apiProc).
+  async startApi() {
+    const { port, proc } = await this.launchApi('api');
+    this.port = port;
+    this.apiProc = proc;
+  }
+
+  // Starts one more `conveyor api` process on its own port, sharing this stack's Redis
+  // prefix and PostgreSQL schema (so its rate-limit counters and revocations too).
+  // Returns {port, proc, api(method, path, opts)} with api() as Stack.api but sent to
+  // that process. stop() stops it with the others.
+  async startExtraApi() {
+    const n = this.extraApis.length + 1;
+    const { port, proc } = await this.launchApi(`api ${n}`);
+    const extra = {
+      port,
+      proc,
+      api: (method, urlPath, opts) => this.apiAt(port, method, urlPath, opts),
+    };
+    this.extraApis.push(extra);
+    return extra;
+  }
+
+  // Runs `conveyor ARGS...` (an operator command, like migrate) with the stack's
+  // environment plus env; input goes to its stdin. Resolves with {code, stdout, stderr},
+  // whatever the exit code (bounded by CMD_TIMEOUT_MS).
+  cli(args, { env, input } = {}) {
+    return run(BIN, args, { env: this.env(env), input, allowFail: true });
   }
 
   // (Re)starts the private redis-server on its port (empty: no persistence).
@@ -479,13 +515,25 @@ class Stack {
 
   // ------------------------------------------------------------ HTTP helpers
 
-  // api(method, path, {body, headers, token, timeoutMs}) → {status, headers, json, text}.
-  // body: an object (sent as JSON), a string or Buffer (sent as is). token: undefined →
-  // the operator token, null → no Authorization header, a string → that bearer token.
-  // headers: a null value removes a header the helper would add (e.g. content-type).
-  async api(method, urlPath, { body, headers, token, timeoutMs = 30000 } = {}) {
+  // api(method, path, {body, headers, token, query, timeoutMs}) → {status, headers, json,
+  // text}. body: an object (sent as JSON), a string or Buffer (sent as is). token:
+  // undefined → the operator token, null → no Authorization header, a string → that
+  // bearer token. query: an object appended to path as a query string (URL-encoded), e.g.
+  // {token: null, query: {api_key: key}} sends a credential in the query string only.
+  // headers: a null value removes a header the helper would add (e.g. content-type), any
+  // other is sent as is (e.g. {Authorization: 'Basic ...'} with token: null).
+  async api(method, urlPath, opts = {}) {
+    return this.apiAt(this.port, method, urlPath, opts);
+  }
+
+  // api() sent to the api process listening on port (see startExtraApi).
+  async apiAt(port, method, urlPath, { body, headers, token, query, timeoutMs = 30000 } = {}) {
     const h = {};
     if (token !== null) h.authorization = `Bearer ${token === undefined ? this.token : token}`;
+    if (query) {
+      const qs = new URLSearchParams(query).toString();
+      if (qs) urlPath += (urlPath.includes('?') ? '&' : '?') + qs;
+    }
     let payload;
     if (body !== undefined) {
       payload = Buffer.isBuffer(body)
@@ -499,7 +547,7 @@ class Stack {
     }
     if (payload) h['content-length'] = String(payload.length);
     else if (method !== 'GET' && method !== 'HEAD') h['content-length'] = '0';
-    const send = () => httpRequest(this.agent, this.port, method, urlPath, h, payload, timeoutMs);
+    const send = () => httpRequest(this.agent, port, method, urlPath, h, payload, timeoutMs);
     const res = await send().catch((err) => (err.staleSocket ? send() : Promise.reject(err)));
     let json = null;
     try {

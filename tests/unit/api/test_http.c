@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "api/auth.h"
+#include "common/jwt.h"
+#include "common/util.h"
 #include "api/http.h"
 #include "common/config.h"
 
@@ -134,12 +136,77 @@ static void test_authenticate(void **state)
     cm_cfg.operator_token = saved;
 }
 
+/* API keys are recognised by form; the digest is what the gate looks up. */
+static void test_authenticate_api_key(void **state)
+{
+    (void)state;
+    api_principal_t p;
+    const char *key = "ak_live_0123456789abcdefghijABCDEFGHIJ0123456789";
+    char hex[65], hdr[128];
+    assert_int_equal(strlen(key), 8 + API_KEY_RAND);
+    snprintf(hdr, sizeof(hdr), "Bearer %s", key);
+    assert_int_equal(api_authenticate(hdr, &p), 0);
+    assert_int_equal(p.cred, API_CRED_APIKEY);
+    cm_sha256_hex(key, strlen(key), hex);
+    assert_string_equal(p.key_sha, hex);
+    assert_string_equal(p.owner, ""); /* known only once the gate read the key */
+    /* one character short, one too many, a character outside base62 */
+    assert_int_equal(api_authenticate_token("ak_live_0123456789abcdefghijABCDEFGHIJ012345678", &p),
+                     API_AUTH_EINVALID);
+    assert_int_equal(api_authenticate_token("ak_live_0123456789abcdefghijABCDEFGHIJ0123456789a", &p),
+                     API_AUTH_EINVALID);
+    assert_int_equal(api_authenticate_token("ak_live_0123456789abcdefghijABCDEFGHIJ012345678-", &p),
+                     API_AUTH_EINVALID);
+    assert_int_equal(api_authenticate_token("", &p), API_AUTH_EMISSING);
+}
+
+/* Access tokens: signature, alg and exp are checked here; sub/role/sid fill the
+ * principal. */
+static void test_authenticate_jwt(void **state)
+{
+    (void)state;
+    api_principal_t p;
+    char *saved = cm_cfg.jwt_secret;
+    const char *secret = "0123456789abcdef0123456789abcdef0123";
+    cm_jwt_claims_t c = {.sub = "usr_abc", .role = "admin", .sid = "ses_1", .jti = "j1"};
+    char tok[CM_JWT_MAX], hdr[CM_JWT_MAX + 16];
+
+    cm_cfg.jwt_secret = (char *)secret;
+    c.iat = cm_now_ms() / 1000;
+    c.exp = c.iat + 60;
+    assert_true(cm_jwt_sign((const unsigned char *)secret, strlen(secret), &c, tok, sizeof(tok)) > 0);
+    snprintf(hdr, sizeof(hdr), "Bearer %s", tok);
+    assert_int_equal(api_authenticate(hdr, &p), 0);
+    assert_int_equal(p.cred, API_CRED_ACCESS);
+    assert_string_equal(p.owner, "usr_abc");
+    assert_string_equal(p.sid, "ses_1");
+    assert_int_equal(p.role, API_ROLE_ADMIN);
+    /* another secret */
+    cm_cfg.jwt_secret = "fedcba9876543210fedcba9876543210fedc";
+    assert_int_equal(api_authenticate(hdr, &p), API_AUTH_EINVALID);
+    /* a secret too short to trust */
+    cm_cfg.jwt_secret = "short";
+    assert_int_equal(api_authenticate(hdr, &p), API_AUTH_EINVALID);
+    cm_cfg.jwt_secret = (char *)secret;
+    /* expired */
+    c.exp = c.iat - 1;
+    assert_true(cm_jwt_sign((const unsigned char *)secret, strlen(secret), &c, tok, sizeof(tok)) > 0);
+    assert_int_equal(api_authenticate_token(tok, &p), API_AUTH_EINVALID);
+    /* a role the api does not know */
+    c.exp = c.iat + 60;
+    snprintf(c.role, sizeof(c.role), "root");
+    assert_true(cm_jwt_sign((const unsigned char *)secret, strlen(secret), &c, tok, sizeof(tok)) > 0);
+    assert_int_equal(api_authenticate_token(tok, &p), API_AUTH_EINVALID);
+    cm_cfg.jwt_secret = saved;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_id_valid), cmocka_unit_test(test_request_id_generated),
         cmocka_unit_test(test_parse_int),        cmocka_unit_test(test_rfc3339),
         cmocka_unit_test(test_authenticate),
+        cmocka_unit_test(test_authenticate_api_key), cmocka_unit_test(test_authenticate_jwt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,7 +15,7 @@
 /* Nothing listens on port 1: the subscriber keeps retrying in the background. */
 static api_waits_t *new_registry(int max)
 {
-    api_waits_t *w = api_waits_new("127.0.0.1", 1, 100, "t:ch:done", max, NULL);
+    api_waits_t *w = api_waits_new("127.0.0.1", 1, 100, "t:ch:done", max, NULL, NULL, NULL);
     assert_non_null(w);
     return w;
 }
