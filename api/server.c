@@ -25,6 +25,7 @@
 
 #define REQUEST_TIMEOUT_MS "30000"   /* reading a request, writing a reply */
 #define KEEP_ALIVE_TIMEOUT_MS "2000" /* an idle keep-alive connection holds a thread */
+#define SLOW_REQUEST_MS 500.0       /* a request this slow is logged as a warning */
 
 /* What every request thread shares (mg_start's user data). */
 typedef struct server {
@@ -155,6 +156,9 @@ static int on_request(struct mg_connection *conn)
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     if (st >= 500)
         LOG_REQ_ERR(r.request_id, "%s %s %d %.3fms", ri->request_method, ri->local_uri, st, ms);
+    else if (ms >= SLOW_REQUEST_MS && !api_query(&r, "wait")) /* long-polls wait on purpose */
+        LOG_REQ_WARN(r.request_id, "slow: %s %s %d %.3fms", ri->request_method, ri->local_uri,
+                     st, ms);
     else
         LOG_REQ_INFO(r.request_id, "%s %s %d %.3fms", ri->request_method, ri->local_uri, st, ms);
     return st;
