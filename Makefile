@@ -47,8 +47,16 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(sort $(wildcard tests/unit/*/test_*.c))
 UNIT_BIN := $(UNIT_SRC:%.c=$(BUILD)/%)
 
+PROVIDER_SRC := $(sort $(wildcard tests/provider/*.c))
+PROVIDER_BIN := bin/conveyor-test-provider$(if $(filter 1,$(SAN)),-san,)
+
 .PHONY: all run check bench deps clean unit format
-all: $(BIN)
+all: $(BIN) $(if $(PROVIDER_SRC),$(PROVIDER_BIN))
+
+# The OpenAI-compatible provider the tests and `make run` talk to (tests/provider/).
+$(PROVIDER_BIN): $(PROVIDER_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BIN): $(CLI_OBJ) $(BUILD)/libconveyor.a
 	@mkdir -p $(dir $@)

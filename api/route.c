@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api/accounts.h"
+#include "api/ai.h"
 #include "api/jobs.h"
 #include "api/ops.h"
 
@@ -30,6 +31,7 @@ static const api_route_t routes[] = {
     {"GET", "/v1/users/{id}", api_users_get, API_AUTH_USER, NULL, API_RL_NONE},
     {"PUT", "/v1/users/{id}", api_users_update, API_AUTH_USER, NULL, API_RL_NONE},
     {"DELETE", "/v1/users/{id}", api_users_delete, API_AUTH_USER, NULL, API_RL_NONE},
+    {"GET", "/v1/models", api_models_list, API_AUTH_USER, NULL, API_RL_NONE},
     {"GET", "/healthz", api_ops_healthz, API_AUTH_NONE, NULL, API_RL_NONE},
     {"GET", "/readyz", api_ops_readyz, API_AUTH_NONE, NULL, API_RL_NONE},
 };

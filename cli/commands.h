@@ -11,4 +11,7 @@ int cli_command(const char *cmd, int argc, char **argv);
 /* `conveyor users create ...` (PostgreSQL). argv[0] is "users". Returns the exit code. */
 int cli_users(int argc, char **argv);
 
+/* `conveyor models list|load FILE|remove ID` (PostgreSQL). argv[0] is "models". */
+int cli_models(int argc, char **argv);
+
 #endif

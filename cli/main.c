@@ -29,6 +29,8 @@ static void usage(FILE *out)
             "  queues              per-queue figures as JSON\n"
             "  users create --email E [--admin] [--name N] [--password-stdin]\n"
             "                      create a user (the password is generated unless given)\n"
+            "  models list | load FILE | remove MODEL_ID\n"
+            "                      AI providers and models (see ops/models.json)\n"
             "  config              the configuration table (Markdown)\n");
 }
 
@@ -65,6 +67,8 @@ int main(int argc, char **argv)
         rc = sql_migrate_main(argc, argv);
     else if (strcmp(cmd, "users") == 0)
         rc = cli_users(argc, argv);
+    else if (strcmp(cmd, "models") == 0)
+        rc = cli_models(argc, argv);
     else if ((rc = cli_command(cmd, argc, argv)) == CLI_UNKNOWN) {
         fprintf(stderr, "conveyor: unknown command '%s'\n", cmd);
         usage(stderr);

@@ -1,0 +1,22 @@
+/* api/ai.h — the AI catalog: models and their providers (sql/003), as the api serves them.
+ *
+ * The catalog is read from PostgreSQL at most once every API_AI_CATALOG_TTL_MS per
+ * process (a model added with `conveyor models load` shows within that time). */
+#ifndef API_AI_H
+#define API_AI_H
+
+#include "api/http.h"
+
+#define API_AI_CATALOG_TTL_MS 2000
+
+/* GET /v1/models: models not disabled, in both OpenAI's list shape (object, data) and
+ * the seed's (models), with provider, status, prices and maxTokens. */
+int api_models_list(api_req_t *r);
+
+/* The model called id, as a new reference to its catalog entry (id, name, providers
+ * [{name, baseUrl, apiKeyRef, rateLimit, rateWindowMs, timeoutMs, connectTimeoutMs}],
+ * upstreamModel, status, maxTokens, inputPriceMicros, outputPriceMicros, currency), or
+ * NULL: *found says whether the catalog could be read (0: 503) or the model is unknown. */
+json_t *api_ai_model(api_req_t *r, const char *id, int *readable);
+
+#endif
