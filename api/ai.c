@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/jobs.h"
+#include "common/config.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -32,6 +34,19 @@ static struct {
     int64_t loaded_ms;
 } cat = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* Hands the catalog to the workers (P ai:catalog: they read it there, see
+ * workers/types_ai.c). A failure is logged: they keep the copy they have. */
+static void publish(api_req_t *r, const char *text)
+{
+    char key[160];
+    redisReply *x;
+    snprintf(key, sizeof(key), "%sai:catalog", q_conn_prefix(r->q));
+    x = q_command(r->q, "SET %s %s", key, text);
+    if (!x || x->type != REDIS_REPLY_STATUS)
+        LOG_REQ_WARN(r->request_id, "cannot publish the AI catalog to Redis");
+    freeReplyObject(x);
+}
+
 /* The catalog (a new reference), read again when older than the TTL; NULL when it
  * cannot be read and none was ever read. */
 static json_t *catalog(api_req_t *r)
@@ -49,6 +64,7 @@ static json_t *catalog(api_req_t *r)
                 json_decref(cat.models);
                 cat.models = m;
                 cat.loaded_ms = now;
+                publish(r, PQgetvalue(res, 0, 0));
             }
         } else if (pg) {
             LOG_REQ_ERR(r->request_id, "reading the AI catalog: %s", PQerrorMessage(pg));
@@ -109,4 +125,285 @@ int api_models_list(api_req_t *r)
     json_decref(c);
     return api_reply(r, 200, json_pack("{s:s,s:O,s:o}", "object", "list", "data", data, "models", data),
                      NULL);
+}
+
+/* ---- chat ------------------------------------------------------------------------ */
+
+#define MESSAGES_MAX 1024
+
+/* 400 naming the field (OpenAI answers bad parameters with 400 and `param`). */
+static int bad(api_req_t *r, const char *field, const char *fmt, const char *arg)
+{
+    return api_error(r, 400, "INVALID_REQUEST", json_pack("{s:s,s:s}", "field", field, "param", field),
+                     NULL, fmt, arg);
+}
+
+/* 1 if v is a number within [lo, hi]. */
+static int number_in(const json_t *v, double lo, double hi)
+{
+    return json_is_number(v) && json_number_value(v) >= lo && json_number_value(v) <= hi;
+}
+
+/* Checks an OpenAI chat request (body) against the model; writes the field and message
+ * of the first problem. Returns 0 or -1. */
+static int check_request(const json_t *body, const json_t *model, char *field, size_t flen,
+                         char *msg, size_t mlen)
+{
+    static const char *const known[] = {
+        "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+        "n", "stream", "stop", "presence_penalty", "frequency_penalty", "user", "seed",
+        "response_format", "logit_bias", "async", NULL};
+    static const char *const roles[] = {"system", "user", "assistant", "tool", "developer", NULL};
+    const char *key;
+    json_t *v, *msgs = json_object_get(body, "messages");
+    size_t i;
+    json_int_t max = json_integer_value(json_object_get(model, "maxTokens"));
+
+#define BAD(f, ...)                                                                      \
+    do {                                                                                 \
+        snprintf(field, flen, "%s", f);                                                  \
+        snprintf(msg, mlen, __VA_ARGS__);                                                \
+        return -1;                                                                       \
+    } while (0)
+    json_object_foreach((json_t *)body, key, v) {
+        int ok = 0;
+        for (int k = 0; known[k] && !ok; k++) ok = strcmp(known[k], key) == 0;
+        if (!ok) BAD(key, "unrecognized request argument '%s'", key);
+    }
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        BAD("messages", "messages must be a non-empty array");
+    if (json_array_size(msgs) > MESSAGES_MAX) BAD("messages", "at most %d messages", MESSAGES_MAX);
+    json_array_foreach(msgs, i, v) {
+        const char *role = json_string_value(json_object_get(v, "role"));
+        json_t *content = json_object_get(v, "content"), *part;
+        int ok = 0;
+        size_t k;
+        if (!json_is_object(v)) BAD("messages", "messages[%zu] must be an object", i);
+        for (int r = 0; role && roles[r] && !ok; r++) ok = strcmp(roles[r], role) == 0;
+        if (!ok)
+            BAD("messages", "messages[%zu].role must be system, user, assistant, tool or developer", i);
+        json_object_foreach(v, key, part) {
+            if (strcmp(key, "role") && strcmp(key, "content") && strcmp(key, "name") &&
+                strcmp(key, "tool_call_id"))
+                BAD("messages", "messages[%zu] has an unknown field '%s'", i, key);
+        }
+        if (json_is_array(content)) {
+            json_array_foreach(content, k, part) {
+                if (!json_is_string(json_object_get(part, "text")))
+                    BAD("messages", "messages[%zu].content[%zu] must be a text part", i, k);
+            }
+        } else if (!json_is_string(content)) {
+            BAD("messages", "messages[%zu].content must be a string", i);
+        }
+    }
+    if ((v = json_object_get(body, "temperature")) && !number_in(v, 0, 2))
+        BAD("temperature", "temperature must be a number from 0 to 2");
+    if ((v = json_object_get(body, "top_p")) && !number_in(v, 0, 1))
+        BAD("top_p", "top_p must be a number from 0 to 1");
+    for (int k = 0; k < 2; k++) {
+        const char *name = k ? "max_completion_tokens" : "max_tokens";
+        if ((v = json_object_get(body, name)) &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max))
+            BAD(name, "%s must be an integer from 1 to %lld (the model's limit)", name,
+                (long long)max);
+    }
+    if ((v = json_object_get(body, "n")) && !(json_is_integer(v) && json_integer_value(v) == 1))
+        BAD("n", "only n = 1 is supported");
+    if ((v = json_object_get(body, "stream")) && !json_is_boolean(v))
+        BAD("stream", "stream must be a boolean");
+    if (json_is_true(v))
+        BAD("stream", "stream is not supported: completions are answered whole (or "
+                      "asynchronously with Prefer: respond-async)");
+    for (int k = 0; k < 2; k++) {
+        const char *name = k ? "frequency_penalty" : "presence_penalty";
+        if ((v = json_object_get(body, name)) && !number_in(v, -2, 2))
+            BAD(name, "%s must be a number from -2 to 2", name);
+    }
+    if ((v = json_object_get(body, "stop")) && !json_is_string(v) &&
+        !(json_is_array(v) && json_array_size(v) <= 4))
+        BAD("stop", "stop must be a string or up to 4 strings");
+    if ((v = json_object_get(body, "user")) && !json_is_string(v))
+        BAD("user", "user must be a string");
+    if ((v = json_object_get(body, "seed")) && !json_is_integer(v))
+        BAD("seed", "seed must be an integer");
+    if ((v = json_object_get(body, "async")) && !json_is_boolean(v))
+        BAD("async", "async must be a boolean");
+#undef BAD
+    return 0;
+}
+
+/* The model named by body's "model" (a new reference), or NULL after sending 400/404/503. */
+static json_t *find_model(api_req_t *r, const json_t *body, const char *field)
+{
+    const char *id = json_string_value(json_object_get(body, field));
+    int readable;
+    json_t *m;
+
+    if (!id || !*id) return bad(r, field, "%s must be a model id (see GET /v1/models)", field), NULL;
+    m = api_ai_model(r, id, &readable);
+    if (!readable) {
+        api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
+                  "the model catalog is unavailable; try again shortly");
+        return NULL;
+    }
+    if (!m || strcmp(json_string_value(json_object_get(m, "status")), "disabled") == 0) {
+        json_decref(m);
+        api_error(r, 404, "NOT_FOUND", json_pack("{s:s,s:s}", "field", field, "param", field),
+                  NULL, "the model '%s' does not exist", id);
+        return NULL;
+    }
+    return m;
+}
+
+/* 1 if the caller asked for an asynchronous answer. */
+static int wants_async(api_req_t *r, const json_t *body)
+{
+    const char *prefer = mg_get_header(r->conn, "Prefer");
+    return (prefer && strstr(prefer, "respond-async")) || json_is_true(json_object_get(body, "async"));
+}
+
+/* Runs the ai.chat job for request (borrowed) of model id: 202 when async (or when the
+ * answer takes longer than the caller may wait), else calls done(r, job) with the
+ * succeeded job, or sends the job's error. Returns the status sent. */
+static int run_chat(api_req_t *r, const char *id, json_t *request, int async,
+                    int (*done)(api_req_t *r, const q_job_t *job))
+{
+    json_t *input = json_pack("{s:s,s:O}", "model", id, "request", request);
+    q_job_t *job = NULL;
+    int st;
+
+    json_object_del(json_object_get(input, "request"), "async");
+    st = api_job_submit(r, "ai.chat", input, async ? 0 : (int64_t)cm_cfg.max_wait_seconds * 1000,
+                        &job);
+    json_decref(input);
+    if (st) return st;
+    if (!q_status_terminal(job->status)) {
+        st = api_job_accepted(r, job);
+    } else if (strcmp(job->status, "succeeded") == 0) {
+        st = done(r, job);
+    } else {
+        json_t *err = job->error ? json_loads(job->error, 0, NULL) : NULL;
+        const char *code = json_string_value(json_object_get(err, "code"));
+        const char *msg = json_string_value(json_object_get(err, "message"));
+        st = api_error(r, strcmp(job->status, "canceled") == 0 ? 409 : 502,
+                       code && strcmp(code, "PROVIDER_ERROR") == 0 ? "PROVIDER_ERROR" : "PROVIDER_UNAVAILABLE",
+                       json_pack("{s:s,s:s,s:s?}", "jobId", job->id, "status", job->status, "cause", code),
+                       NULL, "%s", msg ? msg : "the completion failed");
+        json_decref(err);
+    }
+    q_job_free(job);
+    return st;
+}
+
+static int completion_reply(api_req_t *r, const q_job_t *job)
+{
+    char hdr[96];
+    snprintf(hdr, sizeof(hdr), "X-Conveyor-Job-Id: %s\r\n", job->id);
+    const char *body = job->result ? job->result : "{}";
+    return api_reply_text(r, 200, body, strlen(body), hdr);
+}
+
+int api_chat_completions(api_req_t *r)
+{
+    json_t *body, *model = NULL;
+    char field[64], msg[256];
+    int st;
+
+    if (api_read_json(r, 1, &body) != 0) return r->status;
+    if (!(model = find_model(r, body, "model"))) {
+        st = r->status;
+    } else if (check_request(body, model, field, sizeof(field), msg, sizeof(msg)) != 0) {
+        st = bad(r, field, "%s", msg);
+    } else {
+        st = run_chat(r, json_string_value(json_object_get(body, "model")), body,
+                      wants_async(r, body), completion_reply);
+    }
+    json_decref(model);
+    json_decref(body);
+    return st;
+}
+
+/* The completion of job as seed 003's answer. */
+static int aichat_reply(api_req_t *r, const q_job_t *job)
+{
+    json_t *c = json_loads(job->result, 0, NULL);
+    json_t *u = json_object_get(c, "usage"), *x = json_object_get(c, "conveyor");
+    const char *text = json_string_value(
+        json_object_get(json_object_get(json_array_get(json_object_get(c, "choices"), 0), "message"),
+                        "content"));
+    char ts[40];
+    int st;
+
+    cm_format_time(job->finished_ms ? job->finished_ms : cm_now_ms(), ts, sizeof(ts));
+    st = api_reply(
+        r, 200,
+        json_pack("{s:{s:s,s:s?,s:O?,s:{s:O?,s:O?,s:O?},s:{s:O?,s:O?,s:s},s:s}}", "data", "id",
+                  job->id, "message", text, "model", json_object_get(c, "model"), "usage",
+                  "promptTokens", json_object_get(u, "prompt_tokens"), "completionTokens",
+                  json_object_get(u, "completion_tokens"), "totalTokens",
+                  json_object_get(u, "total_tokens"), "metadata", "responseTime",
+                  json_object_get(x, "latencyMs"), "provider", json_object_get(x, "provider"),
+                  "jobId", job->id, "timestamp", ts),
+        NULL);
+    json_decref(c);
+    return st;
+}
+
+int api_ai_chat(api_req_t *r)
+{
+    static const char *const known[] = {"message", "context", "model", "temperature", "maxTokens",
+                                        "async", NULL};
+    json_t *body, *model = NULL, *req = NULL, *msgs, *v;
+    const char *key;
+    char field[64], msg[256];
+    int st;
+
+    if (api_read_json(r, 1, &body) != 0) return r->status;
+    json_object_foreach(body, key, v) {
+        int ok = 0;
+        for (int k = 0; known[k] && !ok; k++) ok = strcmp(known[k], key) == 0;
+        if (!ok) {
+            st = bad(r, key, "unknown field '%s'", key);
+            goto out;
+        }
+    }
+    if (!json_is_string(json_object_get(body, "message")) ||
+        !*json_string_value(json_object_get(body, "message"))) {
+        st = bad(r, "message", "%s", "message must be a non-empty string");
+        goto out;
+    }
+    if (!(model = find_model(r, body, "model"))) {
+        st = r->status;
+        goto out;
+    }
+    /* context: earlier messages, or anything else as a system note */
+    msgs = json_array();
+    v = json_object_get(body, "context");
+    if (json_is_array(v)) {
+        json_array_extend(msgs, v);
+    } else if (json_is_string(v)) {
+        json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "system", "content", v));
+    } else if (v && !json_is_null(v)) {
+        char *text = json_dumps(v, JSON_COMPACT);
+        json_array_append_new(msgs, json_pack("{s:s,s:s+}", "role", "system", "content",
+                                              "Context: ", text ? text : ""));
+        free(text);
+    }
+    json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "user", "content",
+                                          json_object_get(body, "message")));
+    req = json_pack("{s:O,s:o}", "model", json_object_get(body, "model"), "messages", msgs);
+    if ((v = json_object_get(body, "temperature"))) json_object_set(req, "temperature", v);
+    if ((v = json_object_get(body, "maxTokens"))) json_object_set(req, "max_tokens", v);
+    if (check_request(req, model, field, sizeof(field), msg, sizeof(msg)) != 0) {
+        st = bad(r, strcmp(field, "max_tokens") == 0 ? "maxTokens" : strcmp(field, "messages") == 0 ? "context" : field,
+                 "%s", msg);
+        goto out;
+    }
+    st = run_chat(r, json_string_value(json_object_get(body, "model")), req, wants_async(r, body),
+                  aichat_reply);
+out:
+    json_decref(req);
+    json_decref(model);
+    json_decref(body);
+    return st;
 }

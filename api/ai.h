@@ -19,4 +19,12 @@ int api_models_list(api_req_t *r);
  * NULL: *found says whether the catalog could be read (0: 503) or the model is unknown. */
 json_t *api_ai_model(api_req_t *r, const char *id, int *readable);
 
+/* POST /v1/chat/completions: OpenAI-compatible; synchronous (the front waits on an
+ * ai.chat job, up to CONVEYOR_MAX_WAIT_SECONDS, then 202) unless `Prefer: respond-async`
+ * or "async": true (202 + Location at once). stream:true is refused (400). */
+int api_chat_completions(api_req_t *r);
+
+/* POST /v1/ai/chat: seed 003's shape on the same job type. */
+int api_ai_chat(api_req_t *r);
+
 #endif

@@ -294,6 +294,51 @@ fail_oom:
     goto out;
 }
 
+int api_job_accepted(api_req_t *r, const q_job_t *job) { return accepted(r, job, NULL); }
+
+int api_job_submit(api_req_t *r, const char *type, const json_t *input, int64_t wait_ms,
+                   q_job_t **out)
+{
+    const wk_type_t *t = wk_type_find(type);
+    char id[Q_ID_SIZE], *text = input ? json_dumps(input, JSON_COMPACT) : NULL;
+    int outcome, rc, waiting = 0, st;
+    api_waiter_t wt;
+    q_job_t *job = NULL;
+    q_new_job_t nj = {.type = type,
+                      .queue = "default",
+                      .owner = r->who.owner,
+                      .input = text,
+                      .max_attempts = wk_type_max_attempts(t),
+                      .priority = Q_PRIORITY_DEFAULT,
+                      .timeout_ms = wk_type_timeout_ms(t)};
+
+    *out = NULL;
+    if (input && !text) return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+    rc = q_enqueue(r->q, &nj, id, &outcome, NULL);
+    free(text);
+    if (rc != 0) return api_queue_error(r, rc);
+    /* registered before the job is read: an end in between is seen by that read */
+    if (wait_ms > 0) waiting = api_wait_begin(r->waits, &wt, id) == 0;
+    if ((st = load_job(r, id, &job, NULL)) != 0) goto out;
+    if (waiting) {
+        int64_t deadline = cm_mono_ms() + wait_ms, left;
+        while (!q_status_terminal(job->status) && (left = deadline - cm_mono_ms()) > 0) {
+            int woke = api_wait(r->waits, &wt, left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS);
+            q_job_t *now;
+            if (woke < 0) break;
+            if ((st = load_job(r, id, &now, NULL)) != 0) goto out;
+            q_job_free(job);
+            job = now;
+        }
+    }
+    *out = job;
+    job = NULL;
+out:
+    if (waiting) api_wait_end(r->waits, &wt);
+    q_job_free(job);
+    return st;
+}
+
 /* ---- GET /v1/jobs/{id} ----------------------------------------------------------- */
 
 /* Answers from the cache when it holds the job (for a long-poll, only a finished one).

@@ -28,6 +28,16 @@ int api_jobs_cancel(api_req_t *r);
 /* POST /v1/jobs/{id}/retry: 202, or 409 unless dead or failed. */
 int api_jobs_retry(api_req_t *r);
 
+/* Enqueues a job of type (validated by the caller) with input (borrowed) for the
+ * caller, and waits up to wait_ms for it to end (0: not at all; no long-poll slot free:
+ * not at all either). Returns 0 with *out, the job as last read (caller frees; still
+ * running when the wait ran out), or the status of the error sent. */
+int api_job_submit(api_req_t *r, const char *type, const json_t *input, int64_t wait_ms,
+                   q_job_t **out);
+
+/* Sends 202 Accepted + Location + Retry-After with the job. Returns 202. */
+int api_job_accepted(api_req_t *r, const q_job_t *job);
+
 /* A validated POST /v1/jobs body. Strings and input are borrowed from the body. */
 typedef struct api_job_spec {
     const char *type, *queue;

@@ -32,6 +32,8 @@ static const api_route_t routes[] = {
     {"PUT", "/v1/users/{id}", api_users_update, API_AUTH_USER, NULL, API_RL_NONE},
     {"DELETE", "/v1/users/{id}", api_users_delete, API_AUTH_USER, NULL, API_RL_NONE},
     {"GET", "/v1/models", api_models_list, API_AUTH_USER, NULL, API_RL_NONE},
+    {"POST", "/v1/chat/completions", api_chat_completions, API_AUTH_USER, NULL, API_RL_NONE},
+    {"POST", "/v1/ai/chat", api_ai_chat, API_AUTH_USER, NULL, API_RL_NONE},
     {"GET", "/healthz", api_ops_healthz, API_AUTH_NONE, NULL, API_RL_NONE},
     {"GET", "/readyz", api_ops_readyz, API_AUTH_NONE, NULL, API_RL_NONE},
 };

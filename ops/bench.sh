@@ -16,6 +16,10 @@
 # (e) (issue 3) the GET of (c) authenticated with an admin user's API key, then with its
 #     JWT access token (rate limits counted, set out of reach); reference: (c) with the
 #     operator token (no rate limit).
+# (f) (issue 4) BENCH_AI_JOBS ai.chat jobs preloaded, one worker with
+#     CONVEYOR_CONCURRENCY=BENCH_AI_CONCURRENCY against bin/conveyor-test-provider
+#     answering after BENCH_AI_LATENCY_MS; reference: the ideal, in-flight cap / latency.
+#     Then the worker's VmRSS with SLEEP_JOBS calls in flight (provider latency 30 s).
 # (d) worker VmRSS idle and with BENCH_SLEEP_JOBS `sleep` {"ms":30000} jobs in flight
 #     (CONVEYOR_CONCURRENCY=BENCH_SLEEP_JOBS); reference: the BullMQ worker doing the
 #     same (VmRSS of its node process).
@@ -49,6 +53,11 @@ readonly WRK_THREADS=${BENCH_WRK_THREADS:-2}
 readonly DURATION=${BENCH_DURATION:-10}
 readonly API_THREADS=${BENCH_API_THREADS:-64}
 readonly SLEEP_JOBS=${BENCH_SLEEP_JOBS:-1000}
+readonly AI_JOBS=${BENCH_AI_JOBS:-2000}
+readonly AI_CONCURRENCY=${BENCH_AI_CONCURRENCY:-100}
+readonly AI_LATENCY_MS=${BENCH_AI_LATENCY_MS:-100}
+PROVIDER_BIN=$(dirname "$BIN")/conveyor-test-provider
+readonly PROVIDER_BIN
 readonly PERF=${BENCH_PERF:-0}
 readonly OUT=$ROOT/build/bench
 readonly LOGS=$OUT/logs
@@ -58,7 +67,7 @@ readonly BENCH_DIR=$ROOT/tests/bench
 
 TMP=''
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-RPORT='' PPORT='' APORT='' BPORT=''
+RPORT='' PPORT='' APORT='' BPORT='' XPORT=''
 declare -a PIDS=()       # background processes to stop on exit
 declare -A R=()          # results by name
 declare -a FAILED=()     # phases that could not be measured
@@ -465,6 +474,88 @@ phase_rss_bullmq() {
 
 # ---------------------------------------------------------------- report
 
+# ---------------------------------------------------------------- (f) AI calls
+
+# ai_setup PREFIX LATENCY_MS — provider, catalog (published by an api) for PREFIX.
+ai_setup() {
+    local prefix=$1 lat=$2 api code
+    flushdb
+    "$PROVIDER_BIN" --port "$XPORT" --latency-ms "$lat" >"$LOGS/provider-$lat.log" 2>&1 &
+    AI_PROVIDER=$!
+    track "$AI_PROVIDER"
+    printf '{"providers":[{"name":"bench","baseUrl":"http://127.0.0.1:%s/v1","timeoutMs":60000}],"models":[{"id":"bench-echo","name":"Bench","providers":["bench"],"maxTokens":4096}]}\n' \
+        "$XPORT" >"$TMP/models.json"
+    "$BIN" models load "$TMP/models.json" >"$LOGS/models.log" 2>&1 || return 1
+    CONVEYOR_REDIS_PREFIX=$prefix CONVEYOR_LISTEN=127.0.0.1:$APORT "$BIN" api >"$LOGS/api-ai.log" 2>&1 &
+    api=$!
+    track "$api"
+    wait_http "http://127.0.0.1:$APORT/healthz" || return 1
+    # the api publishes the catalog the workers read when it first needs it
+    code=$(printf 'Authorization: Bearer %s\n' "$CONVEYOR_OPERATOR_TOKEN" |
+        curl -s -o "$TMP/ai.json" -w '%{http_code}' --max-time 5 -H @- -H 'Content-Type: application/json' \
+            -H 'Prefer: respond-async' -d '{"model":"bench-echo","messages":[{"role":"user","content":"warm"}]}' \
+            "http://127.0.0.1:$APORT/v1/chat/completions") || code=000
+    stop_pid "$api" 10
+    [[ $code == 202 ]] || { say "chat completion answered $code: $(head -c 300 "$TMP/ai.json")"; return 1; }
+}
+
+phase_ai() {
+    local prefix=cva pid n t0 t1 v deadline fd poll ideal rate
+    [[ -x $PROVIDER_BIN ]] || { phase_fail f "$PROVIDER_BIN is missing"; return 1; }
+    say "(f) $AI_JOBS ai.chat jobs, 1 worker, $AI_CONCURRENCY in flight, provider latency ${AI_LATENCY_MS} ms"
+    ai_setup "$prefix" "$AI_LATENCY_MS" || { phase_fail f "AI set-up failed (logs/api-ai.log, logs/models.log)"; return 1; }
+    run_bg 120 "$TMP/enqueue.out" "$LOGS/enqueue-ai.log" env CONVEYOR_REDIS_PREFIX=$prefix \
+        "$BIN" enqueue ai.chat '{"model":"bench-echo","request":{"messages":[{"role":"user","content":"hello there"}]}}' \
+        --count "$AI_JOBS" || echo 0 >"$TMP/enqueue.out"
+    n=$(<"$TMP/enqueue.out")
+    [[ $n == "$AI_JOBS" ]] || { stop_pid "$AI_PROVIDER" 2; phase_fail f "enqueue of ai.chat jobs failed"; return 1; }
+    exec {fd}< <(exec redis-cli -h 127.0.0.1 -p "$RPORT" -r -1 -i 0.02 hget "$prefix:{default}:stats" succeeded)
+    poll=$!
+    track "$poll"
+    t0=$(now_us)
+    CONVEYOR_REDIS_PREFIX=$prefix CONVEYOR_CONCURRENCY=$AI_CONCURRENCY "$BIN" worker \
+        >"$LOGS/worker-ai.log" 2>&1 &
+    pid=$!
+    track "$pid"
+    deadline=$((SECONDS + PHASE_TIMEOUT)) t1=''
+    # the warm-up job counts too
+    while ((SECONDS < deadline)) && read -r -t 10 -u "$fd" v; do
+        if (( ${v:-0} >= AI_JOBS + 1 )); then t1=$(now_us); break; fi
+        alive "$pid" || break
+    done
+    exec {fd}<&-
+    stop_pid "$poll" 2
+    stop_pid "$pid" 30
+    stop_pid "$AI_PROVIDER" 5
+    [[ -n $t1 ]] || { phase_fail f "the worker did not finish $AI_JOBS ai.chat jobs (succeeded=${v:-?}; logs/worker-ai.log)"; return 1; }
+    rate=$(awk -v n="$AI_JOBS" -v us=$((t1 - t0)) 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+    ideal=$(awk -v c="$AI_CONCURRENCY" -v ms="$AI_LATENCY_MS" 'BEGIN { printf "%.0f", c * 1000 / ms }')
+    R[f_rate]=$rate R[f_ideal]=$ideal
+    say "(f) $rate ai.chat jobs/s (ideal $ideal)"
+
+    say "(f) worker RSS with $SLEEP_JOBS provider calls in flight"
+    prefix=cvs
+    ai_setup "$prefix" 30000 || { phase_fail f "AI set-up failed"; return 1; }
+    CONVEYOR_REDIS_PREFIX=$prefix CONVEYOR_CONCURRENCY=$SLEEP_JOBS "$BIN" worker \
+        >"$LOGS/worker-ai-rss.log" 2>&1 &
+    pid=$!
+    track "$pid"
+    run_bg 120 "$TMP/enqueue.out" "$LOGS/enqueue-ai2.log" env CONVEYOR_REDIS_PREFIX=$prefix \
+        "$BIN" enqueue ai.chat '{"model":"bench-echo","request":{"messages":[{"role":"user","content":"hold"}]}}' \
+        --count "$SLEEP_JOBS" || echo 0 >"$TMP/enqueue.out"
+    if wait_redis_count zcard "$prefix:{default}:working" "$SLEEP_JOBS"; then
+        sleep 2 # the calls reach the provider
+        v=$(curl -s --max-time 5 "http://127.0.0.1:$XPORT/_stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(String(JSON.parse(s).inFlight)))' 2>/dev/null) || v='?'
+        R[f_rss]=$(rss_mib "$pid") R[f_inflight]=$v
+        say "(f) worker: ${R[f_rss]} MiB with $v calls in flight at the provider"
+    else
+        phase_fail f "$SLEEP_JOBS ai.chat jobs never ran at once"
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    stop_pid "$AI_PROVIDER" 5
+}
+
 # row FIGURE CONV REF TARGET_RATIO HIGHER_IS_BETTER — one table row; TARGET_RATIO '-' for
 # information only.
 declare -a ROWS=()
@@ -526,6 +617,8 @@ report() {
     row "(e) GET /v1/jobs/{id} with an API key vs (c) operator token" "${R[e_key_rps]:-}" "${R[c_conv_rps]:-}" 0.8
     row "(e) GET /v1/jobs/{id} with a JWT vs (c) operator token" "${R[e_jwt_rps]:-}" "${R[c_conv_rps]:-}" 0.8
     ROWS+=("(e) GET p50 / p99 ms, API key / JWT|$(pair e_key)|$(pair e_jwt)|-|-|info")
+    row "(f) ai.chat jobs/s vs ideal ($AI_CONCURRENCY in flight / ${AI_LATENCY_MS} ms)" "${R[f_rate]:-}" "${R[f_ideal]:-}" 0.8
+    ROWS+=("(f) worker RSS MiB, ${R[f_inflight]:-?} provider calls in flight|${R[f_rss]:-n/a}|-|-|-|info")
     row "(d) worker RSS MiB idle vs BullMQ worker" "${R[d_conv_idle]:-}" "${R[d_bull_idle]:-}" -
     row "(d) worker RSS MiB, $SLEEP_JOBS jobs in flight" "${R[d_conv_busy]:-}" "${R[d_bull_busy]:-}" -
     row "preload jobs/s (enqueue --count vs addBulk)" \
@@ -602,9 +695,9 @@ main() {
     trap 'exit 143' TERM
     TMP=$(mktemp -d /tmp/cvbench.XXXXXX)
     local -a ports
-    mapfile -t ports < <(ops/freeport.sh 4)
-    ((${#ports[@]} == 4)) || die "ops/freeport.sh found no free ports"
-    RPORT=${ports[0]} PPORT=${ports[1]} APORT=${ports[2]} BPORT=${ports[3]}
+    mapfile -t ports < <(ops/freeport.sh 5)
+    ((${#ports[@]} == 5)) || die "ops/freeport.sh found no free ports"
+    RPORT=${ports[0]} PPORT=${ports[1]} APORT=${ports[2]} BPORT=${ports[3]} XPORT=${ports[4]}
     ops/services.sh start "$TMP" "$RPORT" "$PPORT" --fast 2>"$LOGS/services.log" ||
         die "services did not start (build/bench/logs/services.log)"
     set -a
@@ -628,6 +721,7 @@ main() {
     phase_http_bare || true
     phase_rss_conveyor || true
     phase_rss_bullmq || true
+    phase_ai || true
     report
     ((${#FAILED[@]} == 0))
 }

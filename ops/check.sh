@@ -12,7 +12,7 @@
 # /tmp/cvchk.XXXXXX, runs the unit tests, then tests/integration/*.test.js with
 # `node --test` (timeout 1500 s), and ends with the line "N passed, N failed".
 # Exit status 1 when a test failed or when no test ran at all.
-# Tests get CONVEYOR_REDIS_URL, CONVEYOR_DATABASE_URL, CONVEYOR_BIN,
+# Tests get CONVEYOR_REDIS_URL, CONVEYOR_DATABASE_URL, CONVEYOR_BIN, CONVEYOR_TEST_PROVIDER,
 # CONVEYOR_CHECK_TMP (a scratch directory), CONVEYOR_CHECK_REDIS_PORT,
 # CONVEYOR_CHECK_PG_PORT.
 set -euo pipefail
@@ -238,6 +238,9 @@ main() {
     . "$TMP/env"
     set +a
     export CONVEYOR_BIN=$BIN CONVEYOR_CHECK_TMP=$TMP
+    # the OpenAI-compatible test provider of the same build (bin/conveyor-test-provider[-san])
+    CONVEYOR_TEST_PROVIDER=$(dirname "$BIN")/$(basename "$BIN" | sed 's/^conveyor/conveyor-test-provider/')
+    export CONVEYOR_TEST_PROVIDER
 
     run_unit_tests
     run_integration_tests

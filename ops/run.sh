@@ -9,8 +9,9 @@
 #   CONVEYOR_RUN_REDIS_PORT   Redis port                  (default: 16379)
 #   CONVEYOR_RUN_PG_PORT      PostgreSQL port             (default: 15432)
 #   CONVEYOR_LISTEN           API address, loopback only  (default: 127.0.0.1:8080)
+#   CONVEYOR_RUN_PROVIDER_PORT  the local OpenAI-compatible test provider (default: 18091)
 # Files: var/operator_token, var/jwt_secret, var/admin_credentials (0600, created once),
-#        var/log/{api,worker,scheduler}.log
+#        var/log/{api,worker,scheduler,provider}.log
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +29,9 @@ CONVEYOR_LISTEN=${CONVEYOR_LISTEN:-127.0.0.1:8080}
 readonly VAR BIN REDIS_PORT PG_PORT
 readonly LOGDIR=$VAR/log
 readonly PROCS=(api worker scheduler)
+PROVIDER_BIN=$(dirname "$BIN")/conveyor-test-provider
+PROVIDER_PORT=${CONVEYOR_RUN_PROVIDER_PORT:-18091}
+readonly PROVIDER_BIN PROVIDER_PORT
 readonly HEALTH_TIMEOUT=20
 readonly STOP_TIMEOUT=30
 
@@ -144,6 +148,31 @@ start_process() {
     PID[$name]=$!
 }
 
+# start_provider — the OpenAI-compatible test provider the seed models point at, so
+# that AI calls work offline (50 ms per answer).
+start_provider() {
+    local log=$LOGDIR/provider.log
+    if [[ ! -x $PROVIDER_BIN ]]; then
+        err "$PROVIDER_BIN is missing: AI calls have no local provider"
+        return 0
+    fi
+    port_in_use 127.0.0.1 "$PROVIDER_PORT" &&
+        die "127.0.0.1:$PROVIDER_PORT (the test provider) is already in use"
+    printf '==== %s: test provider starting\n' "$(date '+%F %T')" >>"$log"
+    "$PROVIDER_BIN" --port "$PROVIDER_PORT" --latency-ms 50 </dev/null >>"$log" 2>&1 &
+    PID[provider]=$!
+}
+
+# load_models — the seed providers and models (ops/models.json), once: later edits made
+# with `conveyor models load` are kept.
+load_models() {
+    [[ -e $VAR/models_loaded ]] && return 0
+    sed "s#http://127.0.0.1:18091/v1#http://127.0.0.1:$PROVIDER_PORT/v1#" \
+        "$ROOT/ops/models.json" >"$VAR/models.json"
+    "$BIN" models load "$VAR/models.json" </dev/null >/dev/null || die "conveyor models load failed"
+    : >"$VAR/models_loaded"
+}
+
 wait_healthy() {
     local url=http://$CONVEYOR_LISTEN/healthz deadline=$((SECONDS + HEALTH_TIMEOUT))
     until curl -fsS --max-time 2 "$url" >/dev/null 2>&1; do
@@ -176,7 +205,10 @@ banner() {
   Try:
     curl -s -X POST $base/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"type":"noop","input":{}}'
 
-  Logs: $LOGDIR/api.log  $LOGDIR/worker.log  $LOGDIR/scheduler.log
+  AI (the local test provider on 127.0.0.1:$PROVIDER_PORT answers as gpt-4, gpt-3.5-turbo, test-echo):
+    curl -s -X POST $base/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"model":"gpt-4","messages":[{"role":"user","content":"hello"}]}'
+
+  Logs: $LOGDIR/api.log  $LOGDIR/worker.log  $LOGDIR/scheduler.log  $LOGDIR/provider.log
   Ctrl-C stops everything.
 
 EOF
@@ -225,8 +257,10 @@ main() {
     say "migrating the database"
     "$BIN" migrate </dev/null || die "conveyor migrate failed"
     ensure_admin
+    load_models
 
     local name
+    start_provider
     for name in "${PROCS[@]}"; do start_process "$name"; done
     wait_healthy
     banner

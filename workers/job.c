@@ -11,6 +11,8 @@ const char *wk_job_id(const wk_job_t *job) { return job->id; }
 const json_t *wk_job_input(const wk_job_t *job) { return job->input; }
 int wk_job_attempt(const wk_job_t *job) { return job->attempt; }
 uv_loop_t *wk_job_loop(wk_job_t *job) { return wk_rt_loop(job->w); }
+wk_redis_t *wk_job_redis(wk_job_t *job) { return wk_rt_redis(job->w); }
+const char *wk_job_prefix(const wk_job_t *job) { return wk_rt_prefix(job->w); }
 void *wk_job_data(const wk_job_t *job) { return job->data; }
 void wk_job_set_data(wk_job_t *job, void *data) { job->data = data; }
 

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "workers/redis.h"
+
 typedef struct wk_job wk_job_t;
 
 /* The job id ("job_..."). Borrowed, valid until completion. */
@@ -25,6 +27,12 @@ int wk_job_attempt(const wk_job_t *job);
 
 /* The loop to run the job's I/O on. */
 uv_loop_t *wk_job_loop(wk_job_t *job);
+
+/* The worker's command connection, for a handler's own Redis work (a shared rate limit,
+ * a catalog read), and the key prefix with its colon ("cv:"). Borrowed; the connection
+ * may be down (wk_redis_command then returns -1). */
+wk_redis_t *wk_job_redis(wk_job_t *job);
+const char *wk_job_prefix(const wk_job_t *job);
 
 /* The handler's own state (NULL until set). The runtime never frees it. */
 void *wk_job_data(const wk_job_t *job);

@@ -10,7 +10,14 @@
 #include "workers/types.h"
 
 /* Sorted by name. */
-static const wk_type_t *const types[] = {&wk_type_fail, &wk_type_noop, &wk_type_sleep};
+static const wk_type_t *const types[] = {&wk_type_ai_chat, &wk_type_fail, &wk_type_noop,
+                                         &wk_type_sleep};
+
+void wk_types_close(void)
+{
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (types[i]->close) types[i]->close();
+}
 #define NTYPES (sizeof(types) / sizeof(types[0]))
 
 const wk_type_t *wk_type_find(const char *name)

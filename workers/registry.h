@@ -29,6 +29,8 @@ struct wk_type {
     /* Delay before retrying after failed attempt (1-based), before
      * CONVEYOR_BACKOFF_SCALE; NULL: the default (q_backoff_ms). */
     int64_t (*backoff_ms)(int attempt);
+    /* The worker is closing: free what the type keeps on the loop (NULL: nothing). */
+    void (*close)(void);
 };
 
 /* The type called name, or NULL. Static. */
@@ -48,6 +50,9 @@ int wk_type_timeout_ms(const wk_type_t *t);
 /* Delay in ms before retrying after failed attempt (1-based) of t (t NULL: default),
  * scaled by CONVEYOR_BACKOFF_SCALE. */
 int64_t wk_type_backoff_ms(const wk_type_t *t, int attempt);
+
+/* Calls every type's close (the worker is closing its loop). */
+void wk_types_close(void);
 
 /* Writes the known type names, sorted, as "a, b, c" into out (size outlen). */
 void wk_type_names(char *out, size_t outlen);

@@ -43,6 +43,9 @@ const char *wk_rt_prefix(const wk_worker_t *w);
 /* The worker's loop. */
 uv_loop_t *wk_rt_loop(wk_worker_t *w);
 
+/* The worker's command connection (NULL once closing). */
+wk_redis_t *wk_rt_redis(wk_worker_t *w);
+
 /* The attempt is over: frees its slot and sends cmd (takes it; a finish or a release)
  * until Redis acknowledges it; cmd NULL: nothing to record (lease lost, or out of
  * memory). The runtime then owns and recycles the job. */

@@ -10,4 +10,7 @@ extern const wk_type_t wk_type_noop;  /* succeeds at once with {} */
 extern const wk_type_t wk_type_sleep; /* {"ms":N}: waits, honours cancel */
 extern const wk_type_t wk_type_fail;  /* {"times":N,"retryable":B}: fails N attempts */
 
+/* types_ai.c: an OpenAI-compatible chat completion through the model's providers */
+extern const wk_type_t wk_type_ai_chat;
+
 #endif

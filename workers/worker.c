@@ -80,6 +80,7 @@ static void fetch(wk_worker_t *w);
 static void check_stopped(wk_worker_t *w);
 
 const char *wk_rt_prefix(const wk_worker_t *w) { return w->prefix; }
+wk_redis_t *wk_rt_redis(wk_worker_t *w) { return w->cmd; }
 uv_loop_t *wk_rt_loop(wk_worker_t *w) { return &w->loop; }
 
 /* ---- commands ------------------------------------------------------------------- */
@@ -636,6 +637,7 @@ static void close_handle(uv_handle_t *h, void *arg)
 static void close_all(wk_worker_t *w)
 {
     w->phase = PH_CLOSING;
+    wk_types_close(); /* types' own handles (an HTTP client) before the walk below */
     wk_redis_free(w->cmd);
     wk_redis_free(w->wait);
     wk_redis_free(w->sub);

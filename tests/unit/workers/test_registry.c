@@ -55,7 +55,7 @@ static void test_names(void **state)
     char out[64], tiny[6];
     (void)state;
     wk_type_names(out, sizeof(out));
-    assert_string_equal(out, "fail, noop, sleep");
+    assert_string_equal(out, "ai.chat, fail, noop, sleep");
     wk_type_names(tiny, sizeof(tiny));
     assert_int_equal(strlen(tiny), sizeof(tiny) - 1); /* truncated, still terminated */
 }
