@@ -31,13 +31,9 @@ static int unauthorized(api_req_t *r, const char *msg)
  * must be. Returns 0 or -1 after sending 422. */
 static int string_fields(api_req_t *r, json_t *body, const char *const *names, int required)
 {
-    const char *key;
+    const char *key = api_json_unknown_key(body, names);
     json_t *v;
-    json_object_foreach(body, key, v) {
-        int known = 0;
-        for (int i = 0; names[i] && !known; i++) known = strcmp(names[i], key) == 0;
-        if (!known) return api_field_error(r, key, "unknown field '%s'", key), -1;
-    }
+    if (key) return api_field_error(r, key, "unknown field '%s'", key), -1;
     for (int i = 0; names[i]; i++) {
         v = json_object_get(body, names[i]);
         if (!v && required) return api_field_error(r, names[i], "%s is required", names[i]), -1;
@@ -389,11 +385,10 @@ int api_keys_create(api_req_t *r)
 
     if (need_session(r) || api_read_json(r, 0, &body) != 0) return r->status;
     if (body) {
-        json_object_foreach(body, key, v) {
-            if (strcmp(key, "name") != 0 && strcmp(key, "expiresAt") != 0) {
-                st = api_field_error(r, key, "unknown field '%s'", key);
-                goto out;
-            }
+        static const char *const fields[] = {"name", "expiresAt", NULL};
+        if ((key = api_json_unknown_key(body, fields))) {
+            st = api_field_error(r, key, "unknown field '%s'", key);
+            goto out;
         }
         if ((v = json_object_get(body, "name")) && !json_is_null(v)) {
             size_t chars = 0;

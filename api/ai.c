@@ -154,6 +154,7 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
         "n", "stream", "stop", "presence_penalty", "frequency_penalty", "user", "seed",
         "response_format", "logit_bias", "async", NULL};
     static const char *const roles[] = {"system", "user", "assistant", "tool", "developer", NULL};
+    static const char *const message_keys[] = {"role", "content", "name", "tool_call_id", NULL};
     const char *key;
     json_t *v, *msgs = json_object_get(body, "messages");
     size_t i;
@@ -165,11 +166,8 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
         snprintf(msg, mlen, __VA_ARGS__);                                                \
         return -1;                                                                       \
     } while (0)
-    json_object_foreach((json_t *)body, key, v) {
-        int ok = 0;
-        for (int k = 0; known[k] && !ok; k++) ok = strcmp(known[k], key) == 0;
-        if (!ok) BAD(key, "unrecognized request argument '%s'", key);
-    }
+    if ((key = api_json_unknown_key(body, known)))
+        BAD(key, "unrecognized request argument '%s'", key);
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         BAD("messages", "messages must be a non-empty array");
     if (json_array_size(msgs) > MESSAGES_MAX) BAD("messages", "at most %d messages", MESSAGES_MAX);
@@ -182,11 +180,8 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
         for (int r = 0; role && roles[r] && !ok; r++) ok = strcmp(roles[r], role) == 0;
         if (!ok)
             BAD("messages", "messages[%zu].role must be system, user, assistant, tool or developer", i);
-        json_object_foreach(v, key, part) {
-            if (strcmp(key, "role") && strcmp(key, "content") && strcmp(key, "name") &&
-                strcmp(key, "tool_call_id"))
-                BAD("messages", "messages[%zu] has an unknown field '%s'", i, key);
-        }
+        if ((key = api_json_unknown_key(v, message_keys)))
+            BAD("messages", "messages[%zu] has an unknown field '%s'", i, key);
         if (json_is_array(content)) {
             json_array_foreach(content, k, part) {
                 if (!json_is_string(json_object_get(part, "text")))
@@ -359,13 +354,9 @@ int api_ai_chat(api_req_t *r)
     int st;
 
     if (api_read_json(r, 1, &body) != 0) return r->status;
-    json_object_foreach(body, key, v) {
-        int ok = 0;
-        for (int k = 0; known[k] && !ok; k++) ok = strcmp(known[k], key) == 0;
-        if (!ok) {
-            st = bad(r, key, "unknown field '%s'", key);
-            goto out;
-        }
+    if ((key = api_json_unknown_key(body, known))) {
+        st = bad(r, key, "unknown field '%s'", key);
+        goto out;
     }
     if (!json_is_string(json_object_get(body, "message")) ||
         !*json_string_value(json_object_get(body, "message"))) {

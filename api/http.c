@@ -294,6 +294,18 @@ int api_read_json(api_req_t *r, int required, json_t **out)
 
 /* ---- query string --------------------------------------------------------------- */
 
+const char *api_json_unknown_key(const json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        int known = 0;
+        for (int i = 0; allowed[i] && !known; i++) known = strcmp(allowed[i], key) == 0;
+        if (!known) return key;
+    }
+    return NULL;
+}
+
 int api_query_check(api_req_t *r, const char *const *names)
 {
     const char *qs = r->ri->query_string, *p, *end, *eq;

@@ -96,6 +96,9 @@ int api_query_int(api_req_t *r, const char *name, long long min, long long max,
 
 /* ---- parsers (pure) ------------------------------------------------------------- */
 
+/* The first key of object obj not named in allowed (NULL-terminated), or NULL. Borrowed. */
+const char *api_json_unknown_key(const json_t *obj, const char *const *allowed);
+
 /* 1 if s is a client request id: 1-128 of [A-Za-z0-9._-]. */
 int api_request_id_valid(const char *s);
 

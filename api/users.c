@@ -144,19 +144,6 @@ static int valid_username(const char *s)
     return 1;
 }
 
-/* The first key of body not in allowed (NULL-terminated), or NULL. */
-static const char *unknown_field(json_t *body, const char *const *allowed)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v) {
-        int known = 0;
-        for (int i = 0; allowed[i] && !known; i++) known = strcmp(allowed[i], key) == 0;
-        if (!known) return key;
-    }
-    return NULL;
-}
-
 /* Reads optional text field f of body into *out (NULL: absent or null; *set says whether
  * it was given). Returns 0, or -1 after sending 422. */
 static int opt_text(api_req_t *r, json_t *body, const char *f, const char **out, int *set)
@@ -233,7 +220,7 @@ int api_user_create(api_req_t *r, json_t *body, int allow_role)
     api_role_t rl;
     json_t *rv;
 
-    if ((unknown = unknown_field(body, fields)))
+    if ((unknown = api_json_unknown_key(body, fields)))
         return api_field_error(r, unknown, "unknown field '%s'", unknown);
     if ((rv = json_object_get(body, "role"))) {
         if (!allow_role)
@@ -374,7 +361,7 @@ int api_users_update(api_req_t *r)
         params[n++] = (val);                                                             \
         used += snprintf(sql + used, sizeof(sql) - (size_t)used, ", %s = $%d", col, n);  \
     } while (0)
-    if ((unknown = unknown_field(body, fields))) {
+    if ((unknown = api_json_unknown_key(body, fields))) {
         st = api_field_error(r, unknown, "unknown field '%s'", unknown);
         goto out;
     }
