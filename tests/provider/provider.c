@@ -361,7 +361,7 @@ static char *stats(void)
     json_t *by = json_object(), *arr = json_array();
     for (int s = 0; s < 600; s++) {
         if (!P.by_status[s]) continue;
-        char k[8];
+        char k[16];
         snprintf(k, sizeof(k), "%d", s);
         json_object_set_new(by, k, json_integer(P.by_status[s]));
     }
