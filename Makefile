@@ -100,7 +100,7 @@ run:
 	@ops/run.sh
 
 check:
-	@ops/deps.sh
+	@ops/deps.sh --test
 	@$(MAKE) --no-print-directory all unit
 	@BIN=$(BIN) SAN=$(SAN) UNIT_TESTS="$(UNIT_BIN)" ops/check.sh
 

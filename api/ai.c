@@ -123,7 +123,9 @@ int api_models_list(api_req_t *r)
                       "outputMicrosPerToken", out, "currency", json_object_get(m, "currency")));
     }
     json_decref(c);
-    return api_reply(r, 200, json_pack("{s:s,s:O,s:o}", "object", "list", "data", data, "models", data),
+    return api_reply(r, 200,
+                     json_pack("{s:s,s:O,s:b,s:o}", "object", "list", "data", data, "success", 1,
+                               "models", data),
                      NULL);
 }
 
@@ -272,7 +274,7 @@ static int run_chat(api_req_t *r, const char *id, json_t *request, int async,
                         &job);
     json_decref(input);
     if (st) return st;
-    if (!q_status_terminal(job->status)) {
+    if (async || !q_status_terminal(job->status)) { /* async: 202 even if it is done */
         st = api_job_accepted(r, job);
     } else if (strcmp(job->status, "succeeded") == 0) {
         st = done(r, job);

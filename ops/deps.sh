@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# ops/deps.sh [--bench] — install the Debian 12 packages Conveyor needs.
+# ops/deps.sh [--bench] [--test] — install the Debian 12 packages Conveyor needs.
 #
 # Idempotent and silent when everything is present. Installs only what is
 # missing (one `apt-get update` first, only then). Needs root (or password-less
 # sudo) when something is missing.
 #   --bench  also install the benchmark tools: wrk and, under tests/bench,
 #            the npm packages bullmq@5 and ioredis.
+#   --test   also install the integration tests' npm packages (tests/integration:
+#            the official OpenAI client), as make check does.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,6 +80,15 @@ ensure_postgres_user() {
     useradd -r -U -d /var/lib/postgresql -s /usr/sbin/nologin postgres
 }
 
+# The npm packages the integration tests use (tests/integration/package.json, pinned by
+# its package-lock.json): the official OpenAI client.
+ensure_test_npm() {
+    local dir=$ROOT/tests/integration
+    [[ -d $dir/node_modules/openai ]] && return 0
+    log "installing npm packages in tests/integration"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+}
+
 ensure_bench_npm() {
     local dir=$ROOT/tests/bench
     if [[ -d $dir/node_modules/bullmq && -d $dir/node_modules/ioredis ]]; then
@@ -93,21 +104,23 @@ ensure_bench_npm() {
 }
 
 main() {
-    local bench=0 arg
+    local bench=0 test=0 arg
     for arg in "$@"; do
         case $arg in
         --bench) bench=1 ;;
+        --test) test=1 ;;
         -h | --help)
-            sed -n '2,9p' "${BASH_SOURCE[0]}"
+            sed -n '2,10p' "${BASH_SOURCE[0]}"
             return 0
             ;;
-        *) die "unknown argument: $arg (usage: ops/deps.sh [--bench])" ;;
+        *) die "unknown argument: $arg (usage: ops/deps.sh [--bench] [--test])" ;;
         esac
     done
     command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script targets Debian 12"
 
     install_missing "${PACKAGES[@]}"
     ensure_postgres_user
+    ((test)) && ensure_test_npm
     if ((bench)); then
         install_missing "${BENCH_PACKAGES[@]}"
         ensure_bench_npm

@@ -308,3 +308,26 @@ test('bad requests get a 4xx before any job: unknown model, no messages, wrong r
     assert.equal(items.length, 0, 'no job was created');
     assert.equal((await p.stats()).requests, 0, 'the provider was not called');
   }));
+
+test('the official OpenAI client (npm openai@4) works unmodified: completion, models.list, errors',
+  { timeout: 60000 }, () => withAi({}, async (s) => {
+    const OpenAI = require('openai');
+    const client = new OpenAI({ apiKey: s.token, baseURL: `http://127.0.0.1:${s.port}/v1`,
+      maxRetries: 0, timeout: 20000 });
+    const req = chat('hello from the sdk', { max_tokens: 20 });
+    const want = expectedUsage(req);
+    const c = await client.chat.completions.create(req);
+    assert.equal(c.object, 'chat.completion');
+    assert.equal(c.model, 'm1');
+    assert.equal(c.choices[0].message.content, want.content);
+    assert.equal(c.usage.prompt_tokens, want.prompt);
+    assert.equal(c.usage.completion_tokens, want.completion);
+    const models = await client.models.list();
+    assert.ok(models.data.some((m) => m.id === 'm1'), JSON.stringify(models.data));
+    await assert.rejects(client.chat.completions.create({ ...req, model: 'nope' }),
+      (e) => e.status === 404 && /nope/.test(e.message));
+    await assert.rejects(client.chat.completions.create({ ...req, temperature: 9 }),
+      (e) => e.status === 400 && /temperature/.test(e.message));
+    const bad = new OpenAI({ apiKey: 'not-a-key', baseURL: `http://127.0.0.1:${s.port}/v1`, maxRetries: 0 });
+    await assert.rejects(bad.chat.completions.create(req), (e) => e.status === 401);
+  }));
