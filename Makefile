@@ -115,4 +115,4 @@ format:
 clean:
 	rm -rf build bin
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(PROVIDER_SRC:%.c=$(BUILD)/%.d)
