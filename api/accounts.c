@@ -200,12 +200,7 @@ int api_auth_refresh(api_req_t *r)
     }
     cm_sha256_hex(tok, strlen(tok), hash);
     if (!(pg = api_db(r))) goto sent;
-    x = PQexec(pg, "BEGIN");
-    if (!ok(x)) {
-        st = api_db_error(r, pg, x);
-        goto out;
-    }
-    PQclear(x);
+    if ((st = api_db_command(r, pg, "BEGIN")) != 0) goto out;
     began = 1;
     {
         const char *p[] = {hash};
@@ -247,13 +242,8 @@ int api_auth_refresh(api_req_t *r)
                            "try again shortly");
             goto out;
         }
-        x = PQexec(pg, "COMMIT");
         began = 0;
-        if (!ok(x)) {
-            st = api_db_error(r, pg, x);
-            goto out;
-        }
-        PQclear(x);
+        if ((st = api_db_command(r, pg, "COMMIT")) != 0) goto out;
         LOG_REQ_WARN(r->request_id, "refresh token reuse: session %s revoked", sid);
         st = unauthorized(r, "this refresh token was already used; the session is revoked");
         goto out;
@@ -282,13 +272,8 @@ int api_auth_refresh(api_req_t *r)
         }
         PQclear(x);
     }
-    x = PQexec(pg, "COMMIT");
     began = 0;
-    if (!ok(x)) {
-        st = api_db_error(r, pg, x);
-        goto out;
-    }
-    PQclear(x);
+    if ((st = api_db_command(r, pg, "COMMIT")) != 0) goto out;
     st = tokens_reply(r, sid, res, 3, refresh);
     OPENSSL_cleanse(refresh, sizeof(refresh));
 out:
@@ -391,13 +376,13 @@ int api_keys_create(api_req_t *r)
             goto out;
         }
         if ((v = json_object_get(body, "name")) && !json_is_null(v)) {
-            size_t chars = 0;
+            size_t chars;
             if (!json_is_string(v)) {
                 st = api_field_error(r, "name", "name must be a string or null");
                 goto out;
             }
             name = json_string_value(v);
-            for (const char *c = name; *c; c++) chars += ((unsigned char)*c & 0xC0) != 0x80;
+            chars = api_utf8_chars(name);
             if (chars == 0 || chars > KEY_NAME_MAX || memchr(name, '\0', json_string_length(v))) {
                 st = api_field_error(r, "name", "name must be 1-%d characters", KEY_NAME_MAX);
                 goto out;

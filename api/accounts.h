@@ -54,6 +54,10 @@ PGconn *api_db(api_req_t *r);
  * Returns the status. */
 int api_db_error(api_req_t *r, PGconn *pg, PGresult *res);
 
+/* Runs sql (BEGIN, COMMIT: no parameters, no rows). Returns 0, or the status of the
+ * error sent (api_db_error). */
+int api_db_command(api_req_t *r, PGconn *pg, const char *sql);
+
 /* Validates and creates a user from body (borrowed): the register/sign-up fields, and
  * `role` when allow_role. Sends the reply (201 user or an error). Returns its status. */
 int api_user_create(api_req_t *r, json_t *body, int allow_role);

@@ -32,18 +32,31 @@ static struct {
     pthread_mutex_t lock;
     json_t *models; /* id -> entry */
     int64_t loaded_ms;
+    unsigned char published[32]; /* SHA-256 of the text last handed to the workers */
+    int64_t published_ms;
 } cat = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Hands the catalog to the workers (P ai:catalog: they read it there, see
- * workers/types_ai.c). A failure is logged: they keep the copy they have. */
-static void publish(api_req_t *r, const char *text)
+ * workers/types_ai.c), when it changed. A failure is logged: they keep the copy they
+ * have. Called with cat.lock held. */
+static void publish(api_req_t *r, const char *text, int64_t now)
 {
     char key[160];
+    unsigned char digest[32];
     redisReply *x;
+
+    /* unchanged: again only once a minute (a flushed Redis gets it back) */
+    cm_sha256(text, strlen(text), digest);
+    if (memcmp(digest, cat.published, sizeof(digest)) == 0 && now - cat.published_ms < 60000)
+        return;
     snprintf(key, sizeof(key), "%sai:catalog", q_conn_prefix(r->q));
     x = q_command(r->q, "SET %s %s", key, text);
-    if (!x || x->type != REDIS_REPLY_STATUS)
+    if (x && x->type == REDIS_REPLY_STATUS) {
+        memcpy(cat.published, digest, sizeof(digest));
+        cat.published_ms = now;
+    } else {
         LOG_REQ_WARN(r->request_id, "cannot publish the AI catalog to Redis");
+    }
     freeReplyObject(x);
 }
 
@@ -64,7 +77,7 @@ static json_t *catalog(api_req_t *r)
                 json_decref(cat.models);
                 cat.models = m;
                 cat.loaded_ms = now;
-                publish(r, PQgetvalue(res, 0, 0));
+                publish(r, PQgetvalue(res, 0, 0), now);
             }
         } else if (pg) {
             LOG_REQ_ERR(r->request_id, "reading the AI catalog: %s", PQerrorMessage(pg));

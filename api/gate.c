@@ -3,7 +3,6 @@
 
 #include <limits.h>
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,23 +22,12 @@ extern const struct cm_embedded api_lua_scripts[];
 
 enum { S_AKEY_PUT, S_GATE, S_COUNT };
 static const char *const script_names[S_COUNT] = {"akey_put", "gate"};
-static struct {
-    const char *src;
-    char sha[41];
-} scripts[S_COUNT];
+static cm_script_t scripts[S_COUNT];
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
 static void load_scripts(void)
 {
-    for (int i = 0; i < S_COUNT; i++) {
-        unsigned char d[SHA_DIGEST_LENGTH];
-        for (const struct cm_embedded *e = api_lua_scripts; e->name; e++)
-            if (strcmp(e->name, script_names[i]) == 0) scripts[i].src = e->text;
-        if (!scripts[i].src) abort(); /* the build embeds every file of api/lua */
-        SHA1((const unsigned char *)scripts[i].src, strlen(scripts[i].src), d);
-        for (int k = 0; k < SHA_DIGEST_LENGTH; k++)
-            snprintf(scripts[i].sha + 2 * k, 3, "%02x", d[k]);
-    }
+    for (int i = 0; i < S_COUNT; i++) cm_script_load(api_lua_scripts, script_names[i], &scripts[i]);
 }
 
 static redisReply *eval(q_conn_t *q, int id, int nkeys, int argc, const char *const *args)

@@ -294,6 +294,13 @@ int api_read_json(api_req_t *r, int required, json_t **out)
 
 /* ---- query string --------------------------------------------------------------- */
 
+size_t api_utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80; /* not a continuation byte */
+    return n;
+}
+
 const char *api_json_unknown_key(const json_t *obj, const char *const *allowed)
 {
     const char *key;

@@ -96,6 +96,9 @@ int api_query_int(api_req_t *r, const char *name, long long min, long long max,
 
 /* ---- parsers (pure) ------------------------------------------------------------- */
 
+/* Characters (code points) of UTF-8 text s; jansson strings are valid UTF-8. */
+size_t api_utf8_chars(const char *s);
+
 /* The first key of object obj not named in allowed (NULL-terminated), or NULL. Borrowed. */
 const char *api_json_unknown_key(const json_t *obj, const char *const *allowed);
 

@@ -50,6 +50,14 @@ int api_db_error(api_req_t *r, PGconn *pg, PGresult *res)
     return st;
 }
 
+int api_db_command(api_req_t *r, PGconn *pg, const char *sql)
+{
+    PGresult *res = PQexec(pg, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) return api_db_error(r, pg, res);
+    PQclear(res);
+    return 0;
+}
+
 /* Column col of row as a JSON string, or null. */
 static json_t *col_text(const PGresult *res, int row, int col)
 {
@@ -115,14 +123,6 @@ out:
 
 /* ---- validation ------------------------------------------------------------------ */
 
-/* Characters of UTF-8 text s (jansson strings are valid UTF-8). */
-static size_t utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
-}
-
 int api_email_valid(const char *s)
 {
     const char *at = strchr(s, '@');
@@ -158,7 +158,7 @@ static int opt_text(api_req_t *r, json_t *body, const char *f, const char **out,
         if (!valid_username(*out))
             return api_field_error(r, f, "username must be 1-%d of A-Z a-z 0-9 . _ -",
                                    USERNAME_MAX), -1;
-    } else if (utf8_len(*out) > TEXT_MAX || memchr(*out, '\0', json_string_length(v))) {
+    } else if (api_utf8_chars(*out) > TEXT_MAX || memchr(*out, '\0', json_string_length(v))) {
         return api_field_error(r, f, "%s must be at most %d characters", f, TEXT_MAX), -1;
     }
     return 0;
@@ -196,7 +196,7 @@ static int get_password(api_req_t *r, json_t *body, const char *f, const char **
     if (!json_is_string(v)) return api_field_error(r, f, "%s must be a string", f), -1;
     *out = json_string_value(v);
     *len = json_string_length(v);
-    if (utf8_len(*out) < (size_t)cm_cfg.password_min_length || *len > PASSWORD_MAX)
+    if (api_utf8_chars(*out) < (size_t)cm_cfg.password_min_length || *len > PASSWORD_MAX)
         return api_field_error(r, f, "%s must be %d to %d characters long", f,
                                cm_cfg.password_min_length, PASSWORD_MAX), -1;
     return 0;
@@ -348,7 +348,7 @@ int api_users_update(api_req_t *r)
                                                {"name", "name"}};
     const char *id = target(r), *unknown, *params[UPDATE_MAX + 1], *email;
     char sql[1024], ebuf[EMAIL_MAX + 1], hash[CM_PASSWORD_HASH_MAX], *prefs = NULL;
-    int n = 1, used = 0, st, admin = r->who.role == API_ROLE_ADMIN, revoke = 0;
+    int n = 1, used = 0, st, admin = r->who.role == API_ROLE_ADMIN, revoke = 0, began = 0;
     json_t *body = NULL, *v;
     PGconn *pg = NULL;
     PGresult *res;
@@ -427,21 +427,15 @@ int api_users_update(api_req_t *r)
                      "WHERE u.id = $1 RETURNING " API_USER_COLS
                      ", u.role <> o.role OR u.is_active <> o.is_active");
     if ((size_t)used >= sizeof(sql)) goto oom;
-    if (!(res = PQexecParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0)) ||
-        PQresultStatus(res) != PGRES_COMMAND_OK) {
-        st = api_db_error(r, pg, res);
-        goto out;
-    }
-    PQclear(res);
+    if ((st = api_db_command(r, pg, "BEGIN")) != 0) goto out;
+    began = 1;
     res = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         st = api_db_error(r, pg, res);
-        PQclear(PQexec(pg, "ROLLBACK"));
         goto out;
     }
     if (PQntuples(res) != 1) {
         PQclear(res);
-        PQclear(PQexec(pg, "ROLLBACK"));
         st = api_error(r, 404, "NOT_FOUND", NULL, NULL, "user not found");
         goto out;
     }
@@ -450,23 +444,19 @@ int api_users_update(api_req_t *r)
     if (revoke && (api_user_revoke_sessions(r, pg, id, "role or status changed") != 0 ||
                    api_keys_forget_user(r, pg, id, PQgetvalue(res, 0, 7)[0] != 't') != 0)) {
         PQclear(res);
-        PQclear(PQexec(pg, "ROLLBACK"));
         st = api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
                        "cannot revoke the user's sessions now; nothing changed");
         goto out;
     }
-    {
-        PGresult *c = PQexec(pg, "COMMIT");
-        if (PQresultStatus(c) != PGRES_COMMAND_OK) {
-            PQclear(res);
-            st = api_db_error(r, pg, c);
-            goto out;
-        }
-        PQclear(c);
+    began = 0;
+    if ((st = api_db_command(r, pg, "COMMIT")) != 0) {
+        PQclear(res);
+        goto out;
     }
     st = api_reply(r, 200, api_user_json(res, 0, 0), NULL);
     PQclear(res);
 out:
+    if (began) PQclear(PQexec(pg, "ROLLBACK"));
     if (pg) cm_pg_release(r->pg, pg);
     free(prefs);
     json_decref(body);
@@ -485,20 +475,15 @@ int api_users_delete(api_req_t *r)
     const char *id = target(r);
     PGconn *pg;
     PGresult *res;
-    int st;
+    int st, began = 0;
 
     if (!id || !(pg = api_db(r))) return r->status;
-    res = PQexec(pg, "BEGIN");
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        st = api_db_error(r, pg, res);
-        goto out;
-    }
-    PQclear(res);
+    if ((st = api_db_command(r, pg, "BEGIN")) != 0) goto out;
+    began = 1;
     /* Inside the transaction, before the cascade: a failure here leaves the user whole
      * (and the deletion can be retried). */
     if (api_user_revoke_sessions(r, pg, id, "user deleted") != 0 ||
         api_keys_forget_user(r, pg, id, 1) != 0) {
-        PQclear(PQexec(pg, "ROLLBACK"));
         st = api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
                        "cannot revoke the user's sessions now; nothing changed");
         goto out;
@@ -506,25 +491,20 @@ int api_users_delete(api_req_t *r)
     res = PQexecParams(pg, "DELETE FROM users WHERE id = $1", 1, NULL, &id, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         st = api_db_error(r, pg, res);
-        PQclear(PQexec(pg, "ROLLBACK"));
         goto out;
     }
     if (strcmp(PQcmdTuples(res), "1") != 0) {
         PQclear(res);
-        PQclear(PQexec(pg, "ROLLBACK"));
         st = api_error(r, 404, "NOT_FOUND", NULL, NULL, "user not found");
         goto out;
     }
     PQclear(res);
-    res = PQexec(pg, "COMMIT");
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        st = api_db_error(r, pg, res);
-        goto out;
-    }
-    PQclear(res);
+    began = 0;
+    if ((st = api_db_command(r, pg, "COMMIT")) != 0) goto out;
     LOG_REQ_INFO(r->request_id, "user %s deleted", id);
     st = api_reply(r, 204, NULL, NULL);
 out:
+    if (began) PQclear(PQexec(pg, "ROLLBACK"));
     cm_pg_release(r->pg, pg);
     return st;
 }

@@ -4,7 +4,6 @@
 
 #include <math.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,36 +20,24 @@ static const char *const script_names[QS_COUNT] = {
     "archived", "cancel",   "enqueue", "fetch",   "finish", "heartbeat", "leader",
     "progress", "promote",  "reclaim", "release", "retry",  "sweep",
 };
-static const char *script_src[QS_COUNT];
-static char script_sha[QS_COUNT][41];
+static cm_script_t scripts[QS_COUNT];
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
 static void scripts_init(void)
 {
-    for (int i = 0; i < QS_COUNT; i++) {
-        for (const struct cm_embedded *e = q_lua_scripts; e->name; e++)
-            if (strcmp(e->name, script_names[i]) == 0) script_src[i] = e->text;
-        if (!script_src[i]) {
-            fprintf(stderr, "conveyor: built without queue/lua/%s.lua\n", script_names[i]);
-            abort(); /* a build error, found at start-up */
-        }
-        unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1((const unsigned char *)script_src[i], strlen(script_src[i]), md);
-        for (int j = 0; j < SHA_DIGEST_LENGTH; j++)
-            snprintf(script_sha[i] + 2 * j, 3, "%02x", md[j]);
-    }
+    for (int i = 0; i < QS_COUNT; i++) cm_script_load(q_lua_scripts, script_names[i], &scripts[i]);
 }
 
 const char *q_script_src(enum q_script_id id)
 {
     pthread_once(&scripts_once, scripts_init);
-    return script_src[id];
+    return scripts[id].src;
 }
 
 const char *q_script_sha(enum q_script_id id)
 {
     pthread_once(&scripts_once, scripts_init);
-    return script_sha[id];
+    return scripts[id].sha;
 }
 
 int q_script_by_sha(const char *sha, size_t len)
@@ -58,7 +45,7 @@ int q_script_by_sha(const char *sha, size_t len)
     pthread_once(&scripts_once, scripts_init);
     if (len != 40) return -1;
     for (int i = 0; i < QS_COUNT; i++)
-        if (memcmp(script_sha[i], sha, 40) == 0) return i;
+        if (memcmp(scripts[i].sha, sha, 40) == 0) return i;
     return -1;
 }
 

@@ -76,7 +76,7 @@ struct ai_call {
     char last_error[256];
     wk_http_call_t *http;
     uv_timer_t timer;   /* a rate-limit wait */
-    int timer_on, stopping, ended;
+    int timer_on, stopping;
     ai_call_t *next;    /* waiting for the catalog */
 };
 
@@ -92,7 +92,6 @@ static void call_closed(uv_handle_t *h)
 /* Detaches c from its job (the caller completes the job next) and frees it. */
 static void call_end(ai_call_t *c)
 {
-    c->ended = 1;
     wk_job_set_data(c->job, NULL);
     uv_close((uv_handle_t *)&c->timer, call_closed);
 }
@@ -245,7 +244,6 @@ static void on_reserved(wk_redis_t *r, redisReply *reply, void *data)
 {
     ai_call_t *c = data;
     (void)r;
-    if (c->ended) return; /* cannot happen: the call waits for this reply */
     if (c->stopping) {
         wk_job_t *job = c->job;
         call_end(c);
