@@ -32,7 +32,9 @@
 # and noisy), BENCH_CONCURRENCY (100), BENCH_CONNS (64), BENCH_WRK_THREADS (2),
 # BENCH_DURATION (10), BENCH_API_THREADS (64: civetweb serves one keep-alive connection
 # per thread, so fewer threads than connections leave connections waiting),
-# BENCH_SLEEP_JOBS (1000), BENCH_PERF=1 (perf record each timed phase's server process
+# BENCH_SLEEP_JOBS (1000), BENCH_PHASES ("a b c d e f": the phases to run; b, c and e
+# run together), BENCH_SKIP_REFERENCES=1 (Conveyor only, for quick iterations; the
+# table then has no ratios), BENCH_PERF=1 (perf record each timed phase's server process
 # into build/bench/perf-*.data). Redis's per-command figures of each timed phase go to
 # build/bench/logs/commandstats-*.txt.
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -59,6 +61,8 @@ readonly AI_LATENCY_MS=${BENCH_AI_LATENCY_MS:-100}
 PROVIDER_BIN=$(dirname "$BIN")/conveyor-test-provider
 readonly PROVIDER_BIN
 readonly PERF=${BENCH_PERF:-0}
+readonly PHASES=${BENCH_PHASES:-a b c d e f}
+readonly REF_SKIP=${BENCH_SKIP_REFERENCES:-}
 readonly OUT=$ROOT/build/bench
 readonly LOGS=$OUT/logs
 readonly PHASE_TIMEOUT=300 # seconds for any one wait
@@ -83,6 +87,9 @@ phase_fail() {
     FAILED+=("$1: $2")
     return 1
 }
+
+# want PHASE — whether BENCH_PHASES asks for PHASE.
+want() { [[ " $PHASES " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- processes
 
@@ -191,6 +198,8 @@ stats_end() {
     redis_cpu_s
 }
 
+redis_pid() { rcli info server | tr -d '\r' | sed -n 's/^process_id://p'; }
+
 flushdb() { [[ $(rcli flushdb) == OK ]] || die "FLUSHDB failed"; }
 
 # wait_redis_count CMD KEY N — wait (PHASE_TIMEOUT) until `CMD KEY` answers >= N.
@@ -251,6 +260,7 @@ phase_noop_conveyor() {
     pid=$!
     track "$pid"
     perf_start worker-noop "$pid" 3
+    perf_start redis-noop "$(redis_pid)" 3
     deadline=$((SECONDS + PHASE_TIMEOUT))
     t1='' last=-1 moved=$SECONDS
     while ((SECONDS < deadline)) && read -r -t 10 -u "$fd" v; do
@@ -712,16 +722,22 @@ main() {
     say "Redis 127.0.0.1:$RPORT, PostgreSQL 127.0.0.1:$PPORT; $(nproc) cores shared by everything"
 
     local round
-    for ((round = 1; round <= ROUNDS; round++)); do
-        say "(a) round $round of $ROUNDS"
-        phase_noop_bullmq || true
-        phase_noop_conveyor || true
-    done
-    phase_http_conveyor || true
-    phase_http_bare || true
-    phase_rss_conveyor || true
-    phase_rss_bullmq || true
-    phase_ai || true
+    if want a; then
+        for ((round = 1; round <= ROUNDS; round++)); do
+            say "(a) round $round of $ROUNDS"
+            [[ -n $REF_SKIP ]] || phase_noop_bullmq || true
+            phase_noop_conveyor || true
+        done
+    fi
+    if want b || want c || want e; then
+        phase_http_conveyor || true
+        [[ -n $REF_SKIP ]] || phase_http_bare || true
+    fi
+    if want d; then
+        phase_rss_conveyor || true
+        [[ -n $REF_SKIP ]] || phase_rss_bullmq || true
+    fi
+    ! want f || phase_ai || true
     report
     ((${#FAILED[@]} == 0))
 }

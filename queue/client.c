@@ -353,6 +353,17 @@ static int job_from_hash(const char *id, const redisReply *r, q_job_t **out)
         q_job_free(j);
         return Q_ENOTFOUND;
     }
+    /* A lease writes only "started" and a success only "finished" (queue/lua/fetch.lua,
+     * finish.lua): the last update is the latest of the three, and a succeeded job is
+     * complete, with no error or progress message left from its attempts. */
+    if (j->started_ms > j->updated_ms) j->updated_ms = j->started_ms;
+    if (j->finished_ms > j->updated_ms) j->updated_ms = j->finished_ms;
+    if (strcmp(j->status, "succeeded") == 0) {
+        j->progress = 100;
+        free(j->progress_message);
+        free(j->error);
+        j->progress_message = j->error = NULL;
+    }
     *out = j;
     if (rec) {
         q_record_t d;

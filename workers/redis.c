@@ -356,6 +356,14 @@ int wk_redis_command(wk_redis_t *r, int argc, const char **argv, const size_t *a
     return 0;
 }
 
+void wk_redis_flush(wk_redis_t *r)
+{
+    int done = 0;
+    /* only writes: an error stays in the context and drops the connection at the next
+     * write event, outside the caller's (possibly hiredis) callback */
+    if (wk_redis_connected(r)) (void)redisBufferWrite(&r->ac->c, &done);
+}
+
 int wk_redis_subscribe(wk_redis_t *r, const char *channel, wk_redis_message_fn fn)
 {
     r->channel = strdup(channel);

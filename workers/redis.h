@@ -49,6 +49,11 @@ int wk_redis_connected(const wk_redis_t *r);
 int wk_redis_command(wk_redis_t *r, int argc, const char **argv, const size_t *argvlen,
                      int timeout_ms, wk_redis_reply_fn fn, void *data);
 
+/* Writes the commands sent so far to the socket now rather than when the loop next
+ * polls (what the socket does not take goes as usual; a write error surfaces then).
+ * Lets Redis start on them while the caller goes on with replies already read. */
+void wk_redis_flush(wk_redis_t *r);
+
 /* Subscribes to channel (copied) now if connected and after every reconnect; fn gets each
  * message. Call once. Returns 0 or -1 (OOM). */
 int wk_redis_subscribe(wk_redis_t *r, const char *channel, wk_redis_message_fn fn);

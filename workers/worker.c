@@ -3,10 +3,12 @@
  * Three Redis connections share the loop: "commands" carries every script (fetch,
  * finish, release, heartbeat, progress; hiredis pipelines them), "wait" blocks in
  * BZPOPMIN on the queue markers when every queue is empty, "pubsub" hears cancel
- * requests. One fetch is outstanding at a time, sized to the free slots; jobs that
- * complete free their slot and the next fetch follows as soon as the current one is
- * answered. The completions of a batch are sent after that next fetch, so Redis answers
- * it first and records them while we start its jobs. An outcome that cannot be sent (or
+ * requests. Up to FETCH_DEPTH fetches are outstanding, each for at most half the slots,
+ * so that Redis works on one while we start the jobs of another: the completions of a
+ * batch follow the next fetch, and both are written at once, before the next reply
+ * already read is taken (Redis answers a client only after running everything it read
+ * from it, so one fetch at a time left it idle while the worker took each batch, and the
+ * worker idle while Redis ran the next). An outcome that cannot be sent (or
  * got no answer) is kept and sent again once reconnected; a copy Redis already applied
  * is refused as stale. Job objects are recycled (their timeout timer stays initialised). */
 #define _POSIX_C_SOURCE 200809L
@@ -24,11 +26,11 @@
 #include "workers/worker.h"
 
 #define FETCH_MAX 256 /* jobs asked for by one fetch */
+#define FETCH_DEPTH 2 /* fetches outstanding at once */
 #define WAIT_S 2      /* how long to block on the markers when every queue is empty */
 #define WEIGHT_MAX 1000
 
 enum { PH_RUNNING, PH_DRAINING, PH_RELEASING, PH_CLOSING };
-enum { F_IDLE, F_FETCHING, F_WAITING };
 
 struct wqueue {
     char name[Q_NAME_MAX + 1];
@@ -39,6 +41,14 @@ struct wqueue {
 struct beat {
     wk_worker_t *w;
     q_argv_t *cmd; /* NULL: none outstanding */
+};
+
+/* One fetch; the worker has FETCH_DEPTH of them. */
+struct fetch {
+    wk_worker_t *w;
+    q_argv_t *cmd; /* NULL: not outstanding */
+    int queue;     /* index in queues */
+    int n;         /* jobs asked for */
 };
 
 /* A progress command; the job may be gone by the time it is answered. */
@@ -59,9 +69,12 @@ struct wk_worker {
     int *order;          /* this round's order of queues */
     struct beat *beats;
     int nqueues;
-    int pos;             /* next index in order; 0: start a new round */
-    int fetch;           /* F_* */
-    q_argv_t *fetch_cmd; /* the outstanding fetch */
+    int pos;             /* next index in order; 0: start a new round; nqueues: every
+                            queue was found empty, wait once no fetch is outstanding */
+    struct fetch fetches[FETCH_DEPTH];
+    int nfetch;  /* fetches outstanding */
+    int asked;   /* jobs they asked for: slots they may fill */
+    int waiting; /* blocked on the queue markers */
     int phase;           /* PH_* */
     wk_job_t **run;      /* the running jobs (handler not completed) */
     int nrun, concurrency;
@@ -489,7 +502,8 @@ static void on_woken(wk_redis_t *r, redisReply *reply, void *data)
 {
     wk_worker_t *w = data;
     (void)r;
-    w->fetch = F_IDLE;
+    w->waiting = 0;
+    w->pos = 0;
     if (!reply) return; /* fetching resumes when the wait connection is back */
     if (reply->type == REDIS_REPLY_ERROR) {
         LOG_ERR("waiting for jobs failed: %s", reply->str); /* the heartbeat retries */
@@ -507,23 +521,25 @@ static void wait_for_jobs(wk_worker_t *w)
     cmd = q_cmd_wait(w->prefix, w->qnames, w->nqueues, WAIT_S);
     if (cmd && wk_redis_command(w->wait, cmd->argc, (const char **)cmd->argv, cmd->len,
                                 WAIT_S * 1000 + cm_cfg.redis_timeout_ms, on_woken, w) == 0)
-        w->fetch = F_WAITING;
+        w->waiting = 1;
     q_argv_free(cmd);
 }
 
 static void on_fetched(wk_redis_t *r, redisReply *reply, void *data)
 {
-    wk_worker_t *w = data;
-    const char *queue = w->queues[w->order[w->pos]].name;
+    struct fetch *ft = data;
+    wk_worker_t *w = ft->w;
+    const char *queue = w->queues[ft->queue].name;
     q_fetched_t *f = NULL;
     int n = 0, rc;
     (void)r;
 
-    if (resent_as_eval(w, &reply, w->fetch_cmd, on_fetched, w)) return;
-    q_argv_free(w->fetch_cmd);
-    w->fetch_cmd = NULL;
+    if (resent_as_eval(w, &reply, ft->cmd, on_fetched, ft)) return;
+    q_argv_free(ft->cmd);
+    ft->cmd = NULL;
+    w->nfetch--;
+    w->asked -= ft->n;
     if (!reply) { /* leased jobs in a lost reply come back after their lease */
-        w->fetch = F_IDLE;
         check_stopped(w);
         return;
     }
@@ -531,43 +547,57 @@ static void on_fetched(wk_redis_t *r, redisReply *reply, void *data)
         LOG_ERR("fetch from queue %s failed: %s", queue,
                 reply->type == REDIS_REPLY_ERROR ? reply->str : q_strerror(rc));
     /* The batch's completions are sent after the next fetch, so Redis runs that fetch
-     * first and we take its jobs while it records these. fetch stays busy meanwhile. */
+     * first and we take its jobs while it records these. */
     w->holding = 1;
     for (int i = 0; i < n; i++) take(w, queue, &f[i]);
     w->holding = 0;
     q_fetched_free(f, n);
-    w->fetch = F_IDLE;
     if (w->phase == PH_RUNNING) {
-        if (n > 0 || ++w->pos < w->nqueues) {
-            if (n > 0) w->pos = 0;
-            fetch(w);
-        } else {
+        if (n > 0)
+            w->pos = 0; /* a new round */
+        else if (w->pos < w->nqueues && w->order[w->pos] == ft->queue)
+            w->pos++; /* empty: the next queue of this round */
+        if (w->pos >= w->nqueues && w->nfetch == 0) {
             w->pos = 0;
             wait_for_jobs(w);
+        } else {
+            fetch(w);
         }
     }
     flush_blocked(w);
+    wk_redis_flush(w->cmd); /* before the next reply already read is taken */
     check_stopped(w);
 }
 
-/* Fetches if running, no fetch or wait is outstanding and a slot is free. */
+/* Sends fetches while running, fewer than FETCH_DEPTH are outstanding, no wait is, and
+ * slots are free that no outstanding fetch may fill: the first for all of them, another
+ * for at least half its share (FETCH_MAX at most each). */
 static void fetch(wk_worker_t *w)
 {
-    int room = w->concurrency - w->nrun;
-    q_argv_t *cmd;
+    int share = (w->concurrency + FETCH_DEPTH - 1) / FETCH_DEPTH;
+    if (share > FETCH_MAX) share = FETCH_MAX;
 
-    if (w->phase != PH_RUNNING || w->fetch != F_IDLE || room <= 0 ||
-        !wk_redis_connected(w->cmd))
-        return;
-    if (w->pos == 0) new_round(w);
-    cmd = q_cmd_fetch(w->prefix, w->queues[w->order[w->pos]].name,
-                      room < FETCH_MAX ? room : FETCH_MAX, cm_cfg.lease_ms, w->id);
-    if (!cmd || send_script(w, cmd, on_fetched, w) != 0) { /* the heartbeat retries */
-        q_argv_free(cmd);
-        return;
+    while (w->phase == PH_RUNNING && !w->waiting && w->nfetch < FETCH_DEPTH &&
+           w->pos < w->nqueues && wk_redis_connected(w->cmd)) {
+        int room = w->concurrency - w->nrun - w->asked;
+        struct fetch *ft = NULL;
+        if (room <= 0 || (w->nfetch > 0 && room < (share + 1) / 2)) return;
+        if (room > share) room = share;
+        for (int i = 0; i < FETCH_DEPTH && !ft; i++)
+            if (!w->fetches[i].cmd) ft = &w->fetches[i];
+        if (w->pos == 0 && w->nfetch == 0) new_round(w); /* one order while fetches run */
+        ft->queue = w->order[w->pos];
+        ft->n = room;
+        ft->cmd = q_cmd_fetch(w->prefix, w->queues[ft->queue].name, room, cm_cfg.lease_ms,
+                              w->id);
+        if (!ft->cmd || send_script(w, ft->cmd, on_fetched, ft) != 0) { /* the heartbeat retries */
+            q_argv_free(ft->cmd);
+            ft->cmd = NULL;
+            return;
+        }
+        w->nfetch++;
+        w->asked += room;
     }
-    w->fetch_cmd = cmd;
-    w->fetch = F_FETCHING;
 }
 
 static void on_cmd_up(wk_redis_t *r, void *data)
@@ -667,7 +697,7 @@ static void on_stop_timer(uv_timer_t *t)
 static void check_stopped(wk_worker_t *w)
 {
     if ((w->phase == PH_DRAINING || w->phase == PH_RELEASING) && w->nrun == 0 &&
-        w->unacked == 0 && w->fetch != F_FETCHING) {
+        w->unacked == 0 && w->nfetch == 0) {
         w->phase = PH_CLOSING;
         uv_timer_start(&w->stop_timer, on_stop_timer, 0, 0);
     }
@@ -831,6 +861,7 @@ int wk_main(int argc, char **argv)
     }
     if (!(w = calloc(1, sizeof(*w)))) return 1;
     w->concurrency = cm_cfg.concurrency;
+    for (int i = 0; i < FETCH_DEPTH; i++) w->fetches[i].w = w;
     w->blocked_tail = &w->blocked;
     if (parse_queues(w, cm_cfg.queues) != 0) {
         free_worker(w);

@@ -5,62 +5,65 @@
 --       id, token, outcome (succeeded | retry | failed | dead | canceled),
 --       payload (result JSON on success, else error JSON), retry delay ms
 -- Returns, per group, the new status, or "stale" when the token is not the current one.
+-- Numbers go to Redis as strings made once per call (see fetch.lua).
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local minute = ':' .. math.floor(now / 60000)
+local now = t[1] .. string.sub('00000' .. t[2], -6, -4)
+local minute = ':' .. math.floor(tonumber(t[1]) / 60)
 local out, counts, ended, done = {}, {}, {}, {}
 
-local function record_error(jk, cur, payload)
+local function record_error(jk, attempt, history, payload)
   local ok, err = pcall(cjson.decode, payload)
   if not ok or type(err) ~= 'table' then
     err = {code = 'INTERNAL_ERROR', message = 'undecodable error from worker', retryable = false}
   end
   local hist = {}
-  if cur[5] then
-    local hok, h = pcall(cjson.decode, cur[5])
+  if history then
+    local hok, h = pcall(cjson.decode, history)
     if hok and type(h) == 'table' then hist = h end
   end
-  hist[#hist + 1] = {attempt = tonumber(cur[3]) or 0, error = err, at = now}
+  hist[#hist + 1] = {attempt = tonumber(attempt) or 0, error = err, at = tonumber(now)}
   while #hist > 20 do table.remove(hist, 1) end
   redis.call('HSET', jk, 'error', cjson.encode(err), 'history', cjson.encode(hist), 'updated', now)
 end
 
+-- Ends one attempt that holds the current lease; returns the new status.
+local function finish(jk, id, outcome, payload, delay)
+  if outcome == 'succeeded' then
+    -- readers show a succeeded job at 100% with no error or progress message, and take
+    -- "finished" as its last update: nothing else to write
+    redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'finished', now)
+    return 'succeeded'
+  end
+  local cur = redis.call('HMGET', jk, 'attempt', 'max_attempts', 'history', 'cancel')
+  -- a cancel asked for while the attempt ran wins over trying again
+  if outcome == 'retry' and cur[4] == '1' then outcome = 'canceled' end
+  record_error(jk, cur[1], cur[3], payload)
+  if outcome == 'retry' and (tonumber(cur[1]) or 0) < (tonumber(cur[2]) or 0) then
+    local due = tonumber(now) + math.max(0, tonumber(delay) or 0)
+    -- the next attempt starts from no progress
+    redis.call('HSET', jk, 'status', 'scheduled', 'run_at', due, 'progress', 0, 'pmsg', '')
+    redis.call('ZADD', KEYS[2], due, id)
+    return 'scheduled'
+  end
+  local final = 'failed'
+  if outcome == 'canceled' then
+    final = 'canceled'
+  elseif outcome == 'retry' or outcome == 'dead' then
+    final = 'dead'
+  end
+  redis.call('HSET', jk, 'status', final, 'finished', now)
+  if final == 'dead' then redis.call('ZADD', KEYS[3], now, id) end
+  return final
+end
+
 for i = 3, #ARGV - 4, 5 do
-  local id, outcome, payload = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local id = ARGV[i]
   local jk = ARGV[1] .. 'job:' .. id
-  local cur = redis.call('HMGET', jk, 'token', 'status', 'attempt', 'max_attempts', 'history',
-    'cancel')
-  local final
-  if cur[1] ~= ARGV[i + 1] or cur[2] ~= 'running' then
-    final = 'stale'
-  else
+  local cur = redis.call('HMGET', jk, 'token', 'status')
+  local final = 'stale'
+  if cur[1] == ARGV[i + 1] and cur[2] == 'running' then
     ended[#ended + 1] = id
-    -- a cancel asked for while the attempt ran wins over trying again
-    if outcome == 'retry' and cur[6] == '1' then outcome = 'canceled' end
-    if outcome == 'succeeded' then
-      redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'progress', 100,
-        'pmsg', '', 'finished', now, 'updated', now, 'error', '')
-      final = 'succeeded'
-    else
-      record_error(jk, cur, payload)
-      if outcome == 'retry' and (tonumber(cur[3]) or 0) < (tonumber(cur[4]) or 0) then
-        local due = now + math.max(0, tonumber(ARGV[i + 4]) or 0)
-        -- the next attempt starts from no progress
-        redis.call('HSET', jk, 'status', 'scheduled', 'run_at', due, 'progress', 0, 'pmsg', '')
-        redis.call('ZADD', KEYS[2], due, id)
-        final = 'scheduled'
-      elseif outcome == 'canceled' then
-        final = 'canceled'
-      elseif outcome == 'retry' or outcome == 'dead' then
-        final = 'dead'
-      else
-        final = 'failed'
-      end
-      if final ~= 'scheduled' then
-        redis.call('HSET', jk, 'status', final, 'finished', now)
-        if final == 'dead' then redis.call('ZADD', KEYS[3], now, id) end
-      end
-    end
+    final = finish(jk, id, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     if final ~= 'scheduled' then
       done[#done + 1] = now
       done[#done + 1] = id
@@ -81,6 +84,7 @@ end
 local per_minute = KEYS[5] .. minute
 for status, n in pairs(counts) do
   local field = status == 'scheduled' and 'retried' or status
+  n = tostring(n)
   redis.call('HINCRBY', KEYS[5], field, n)
   redis.call('HINCRBY', per_minute, field, n)
 end

@@ -44,6 +44,7 @@ test('enqueue noop → 202 with Location, then succeeded with result {} on attem
     assertTime(done.updatedAt, 'updatedAt');
     assert.ok(Date.parse(done.startedAt) >= Date.parse(done.createdAt), 'started after created');
     assert.ok(Date.parse(done.finishedAt) >= Date.parse(done.startedAt), 'finished after start');
+    assert.equal(done.updatedAt, done.finishedAt, 'the last update of a finished job is its end');
 
     const q = await s.queueStats('default');
     assert.ok(q, 'GET /v1/queues lists "default"');
