@@ -29,7 +29,7 @@ LDFLAGS += $(SANFLAGS)
 LDLIBS := $(PKG_LIBS) -lcivetweb -lm -lpthread
 
 COMMON_SRC := $(sort $(wildcard common/*.c))
-QUEUE_SRC := queue/queue.c queue/codec.c queue/client.c
+QUEUE_SRC := queue/queue.c queue/codec.c queue/client.c queue/batch.c
 WORKERS_SRC := $(sort $(wildcard workers/*.c))
 API_SRC := $(sort $(wildcard api/*.c))
 SCHED_SRC := $(sort $(wildcard scheduler/*.c))

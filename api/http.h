@@ -33,6 +33,7 @@ typedef struct api_req {
     char param[API_PARAM_MAX];  /* the {id} path segment ("" if too long or none) */
     api_principal_t who;        /* the caller (routes that need auth) */
     q_conn_t *q;                /* this thread's Redis connection */
+    q_batcher_t *enq;           /* the process's enqueue batcher (q_enqueue through it) */
     cm_pg_pool_t *pg;           /* the process's PostgreSQL pool */
     api_waits_t *waits;         /* the process's long-poll registry */
     api_cache_t *cache;         /* the process's job answer cache (NULL: none) */

@@ -69,6 +69,14 @@ static int load_job(api_req_t *r, const char *id, q_job_t **out, int *hot)
     return 0;
 }
 
+/* q_enqueue through the process's batcher (tests and tools may run without one). */
+static int api_enqueue(api_req_t *r, const q_new_job_t *job, char id[Q_ID_SIZE], int *outcome,
+                       int64_t *created_ms)
+{
+    if (r->enq) return q_batcher_enqueue(r->enq, job, id, outcome, created_ms);
+    return q_enqueue(r->q, job, id, outcome, created_ms);
+}
+
 /* Drops the cached answer for id: call after changing the job in Redis. */
 static void changed(api_req_t *r, const char *id)
 {
@@ -251,7 +259,7 @@ int api_jobs_create(api_req_t *r)
         .idempotency_ttl_ms = ttl > INT_MAX ? INT_MAX : (int)ttl,
     };
     int64_t created = now;
-    if ((rc = q_enqueue(r->q, &nj, id, &outcome, &created)) != 0) {
+    if ((rc = api_enqueue(r, &nj, id, &outcome, &created)) != 0) {
         st = api_queue_error(r, rc);
         goto out;
     }
@@ -314,7 +322,7 @@ int api_job_submit(api_req_t *r, const char *type, const json_t *input, int64_t 
 
     *out = NULL;
     if (input && !text) return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
-    rc = q_enqueue(r->q, &nj, id, &outcome, NULL);
+    rc = api_enqueue(r, &nj, id, &outcome, NULL);
     free(text);
     if (rc != 0) return api_queue_error(r, rc);
     /* registered before the job is read: an end in between is seen by that read */

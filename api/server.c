@@ -33,6 +33,7 @@ typedef struct server {
     api_waits_t *waits;
     api_cache_t *cache;
     api_authcache_t *auth;
+    q_batcher_t *enq;
 } server_t;
 
 /* mg_stop runs here while the main thread pokes the listener (see stop_server). */
@@ -119,7 +120,7 @@ static int on_request(struct mg_connection *conn)
     const server_t *srv = ri->user_data;
     api_req_t r = {
         .conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits, .cache = srv->cache,
-        .auth = srv->auth};
+        .auth = srv->auth, .enq = srv->enq};
     const api_route_t *rt;
     struct timespec t0, t1;
     char allow[64], hdr[96];
@@ -208,6 +209,9 @@ int api_main(int argc, char **argv)
                               channel, waiters, srv.cache, auth_channel, srv.auth);
     if (!srv.waits) goto fail_waits;
     if (api_gate_flusher_start(srv.auth) != 0) goto fail_flusher;
+    if (!(srv.enq = q_batcher_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_prefix,
+                                  cm_cfg.redis_timeout_ms)))
+        goto fail_batcher;
 
     snprintf(threads, sizeof(threads), "%d", cm_cfg.api_threads);
     const char *options[] = {
@@ -238,6 +242,8 @@ int api_main(int argc, char **argv)
     rc = 0;
 fail_start:
     mg_exit_library();
+    q_batcher_free(srv.enq); /* after mg_stop: no request enqueues any more */
+fail_batcher:
     api_gate_flusher_stop(); /* after mg_stop: no request counts any more */
 fail_flusher:
     api_waits_free(srv.waits);

@@ -73,7 +73,19 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
     json_decref(parsed);
     job.input = input;
     long done = 0;
-    while (done < count && (rc = q_enqueue(c, &job, id, &outcome, NULL)) == 0) done++;
+    if (count == 1) {
+        if ((rc = q_enqueue(c, &job, id, &outcome, NULL)) == 0) done = 1;
+    } else { /* Q_BATCH_MAX jobs per script call */
+        const q_new_job_t *jobs[Q_BATCH_MAX];
+        q_enq_result_t res[Q_BATCH_MAX];
+        for (int i = 0; i < Q_BATCH_MAX; i++) jobs[i] = &job;
+        while (done < count && rc == 0) {
+            int n = count - done < Q_BATCH_MAX ? (int)(count - done) : Q_BATCH_MAX;
+            rc = q_enqueue_many(c, jobs, n, res);
+            for (int i = 0; i < n && rc == 0; i++)
+                if ((rc = res[i].rc) == 0) done++;
+        }
+    }
     free(input);
     if (rc) {
         if (done > 0) fprintf(stderr, "conveyor enqueue: %ld of %ld enqueued\n", done, count);

@@ -338,6 +338,7 @@ run_wrk() {
     c0=$(cpu_s "$pid")
     r0=$(stats_begin)
     perf_start "$name" "$pid" $((DURATION > 3 ? DURATION - 2 : 1))
+    [[ $name == *bare* ]] || perf_start "redis-$name" "$(redis_pid)" $((DURATION > 3 ? DURATION - 2 : 1))
     run_bg $((DURATION + 30)) "$LOGS/wrk-$name.log" "$LOGS/wrk-$name.err" \
         wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$BENCH_DIR/wrk_jobs.lua" "$url" \
         -- "$mode" || return 1

@@ -11,6 +11,7 @@
 # Starts a throw-away Redis + PostgreSQL (ops/services.sh --fast) in
 # /tmp/cvchk.XXXXXX, runs the unit tests, then tests/integration/*.test.js with
 # `node --test` (timeout 1500 s), and ends with the line "N passed, N failed".
+# CHECK_TESTS="scripts jobs_basic" runs only those integration files (not for CI).
 # Exit status 1 when a test failed or when no test ran at all.
 # Tests get CONVEYOR_REDIS_URL, CONVEYOR_DATABASE_URL, CONVEYOR_BIN, CONVEYOR_TEST_PROVIDER,
 # CONVEYOR_CHECK_TMP (a scratch directory), CONVEYOR_CHECK_REDIS_PORT,
@@ -178,7 +179,12 @@ tap_count() {
 run_integration_tests() {
     local -a files
     shopt -s nullglob
-    files=("$ROOT"/tests/integration/*.test.js)
+    if [[ -n ${CHECK_TESTS:-} ]]; then # a few files, while working on them
+        local name
+        for name in $CHECK_TESTS; do files+=("$ROOT"/tests/integration/"$name".test.js); done
+    else
+        files=("$ROOT"/tests/integration/*.test.js)
+    fi
     shopt -u nullglob
     header "integration tests (${#files[@]} files)"
     if ((${#files[@]} == 0)); then

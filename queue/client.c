@@ -207,18 +207,26 @@ static q_argv_t *script(enum q_script_id id, const char *const *keys, const char
 
 /* ---- enqueue -------------------------------------------------------------------- */
 
-int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome,
-              int64_t *created_ms)
-{
+/* One job's keys and arguments for the enqueue script: 8 keys, 12 arguments. */
+enum { ENQ_KEYS = 8, ENQ_ARGS = 12 };
+struct enq {
     char id[Q_ID_SIZE], k_job[160], k_ready[160], k_sched[160], k_marker[160], k_owner[400],
         k_idem[400], k_seq[128], k_queues[128], prio[16], maxa[16], runat[32], ttl[32],
         created[32];
+    char *packed;
+    const char *v[ENQ_KEYS + ENQ_ARGS];
+    size_t len[ENQ_KEYS + ENQ_ARGS];
+};
+
+/* Checks job and fills e (e->packed is then owned: free it). Returns 0, Q_EINVAL or
+ * Q_ENOMEM. */
+static int enq_prepare(const char *p, const q_new_job_t *job, struct enq *e)
+{
     const char *queue = job->queue ? job->queue : "default";
     q_record_t rec = {0};
-    char *packed = NULL;
     size_t packed_len = 0;
-    int rc;
 
+    e->packed = NULL;
     if (!job->type || !job->owner || !q_valid_type(job->type) || !q_valid_queue(queue) ||
         job->priority < Q_PRIORITY_MIN || job->priority > Q_PRIORITY_MAX ||
         strlen(job->owner) > 200)
@@ -226,11 +234,11 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     int register_key = job->idempotency_key && job->request_hash;
     if (job->id) {
         if (!q_valid_id(job->id)) return Q_EINVAL;
-        snprintf(id, sizeof(id), "%s", job->id);
-    } else if (q_new_id(id) != 0) {
+        snprintf(e->id, sizeof(e->id), "%s", job->id);
+    } else if (q_new_id(e->id) != 0) {
         return Q_EINVAL;
     }
-    rec.id = id;
+    rec.id = e->id;
     rec.type = (char *)job->type;
     rec.queue = (char *)queue;
     rec.owner = (char *)job->owner;
@@ -239,54 +247,121 @@ int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *
     rec.max_attempts = job->max_attempts > 0 ? job->max_attempts : cm_cfg.max_attempts;
     rec.priority = job->priority;
     rec.timeout_ms = job->timeout_ms > 0 ? job->timeout_ms : 0;
-    if (q_record_encode(&rec, &packed, &packed_len) != 0) return Q_ENOMEM;
+    if (q_record_encode(&rec, &e->packed, &packed_len) != 0) return Q_ENOMEM;
 
-    const char *p = c->prefix;
-    q_key_job(k_job, sizeof(k_job), p, id);
-    snprintf(k_ready, sizeof(k_ready), "%s{%s}:ready", p, queue);
-    snprintf(k_sched, sizeof(k_sched), "%s{%s}:scheduled", p, queue);
-    snprintf(k_marker, sizeof(k_marker), "%s{%s}:marker", p, queue);
-    snprintf(k_owner, sizeof(k_owner), "%sowner:%s", p, job->owner);
-    snprintf(k_seq, sizeof(k_seq), "%sseq", p);
-    snprintf(k_queues, sizeof(k_queues), "%squeues", p);
+    q_key_job(e->k_job, sizeof(e->k_job), p, e->id);
+    snprintf(e->k_ready, sizeof(e->k_ready), "%s{%s}:ready", p, queue);
+    snprintf(e->k_sched, sizeof(e->k_sched), "%s{%s}:scheduled", p, queue);
+    snprintf(e->k_marker, sizeof(e->k_marker), "%s{%s}:marker", p, queue);
+    snprintf(e->k_owner, sizeof(e->k_owner), "%sowner:%s", p, job->owner);
+    snprintf(e->k_seq, sizeof(e->k_seq), "%sseq", p);
+    snprintf(e->k_queues, sizeof(e->k_queues), "%squeues", p);
     if (register_key) {
         char kh[65];
         cm_sha256_hex(job->idempotency_key, strlen(job->idempotency_key), kh);
-        snprintf(k_idem, sizeof(k_idem), "%sidem:%s:%s", p, job->owner, kh);
+        snprintf(e->k_idem, sizeof(e->k_idem), "%sidem:%s:%s", p, job->owner, kh);
     } else {
-        snprintf(k_idem, sizeof(k_idem), "%sidem:-", p);
+        snprintf(e->k_idem, sizeof(e->k_idem), "%sidem:-", p);
     }
-    snprintf(prio, sizeof(prio), "%d", rec.priority);
-    snprintf(maxa, sizeof(maxa), "%d", rec.max_attempts);
-    snprintf(runat, sizeof(runat), "%lld", (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
-    snprintf(ttl, sizeof(ttl), "%d", job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms
-                                                                 : 86400000);
-    snprintf(created, sizeof(created), "%lld", (long long)(job->created_ms > 0 ? job->created_ms : 0));
-    const char *v[] = {k_job, k_ready, k_sched, k_marker, k_owner, k_idem, k_seq, k_queues,
-                       id, packed, job->type, queue, job->owner, prio, maxa, runat,
-                       register_key ? "1" : "0", register_key ? job->request_hash : "", ttl,
-                       created, job->history ? job->history : ""};
-    size_t len[sizeof(v) / sizeof(v[0])];
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) len[i] = strlen(v[i]);
-    len[9] = packed_len;
-    redisReply *r = run(c, script_bin(QS_ENQUEUE, 8, (int)(sizeof(v) / sizeof(v[0])), v, len));
-    free(packed);
-    if (!r) return Q_EREDIS;
-    rc = Q_EREDIS;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 3 &&
-        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING &&
-        r->element[1]->len < Q_ID_SIZE) {
-        memcpy(id_out, r->element[1]->str, r->element[1]->len);
-        id_out[r->element[1]->len] = '\0';
-        const char *o = r->element[0]->str;
-        *outcome = strcmp(o, "existing") == 0   ? Q_ENQ_EXISTING
+    snprintf(e->prio, sizeof(e->prio), "%d", rec.priority);
+    snprintf(e->maxa, sizeof(e->maxa), "%d", rec.max_attempts);
+    snprintf(e->runat, sizeof(e->runat), "%lld",
+             (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
+    snprintf(e->ttl, sizeof(e->ttl), "%d",
+             job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms : 86400000);
+    snprintf(e->created, sizeof(e->created), "%lld",
+             (long long)(job->created_ms > 0 ? job->created_ms : 0));
+    const char *v[] = {e->k_job, e->k_ready, e->k_sched, e->k_marker, e->k_owner, e->k_idem,
+                       e->k_seq, e->k_queues, e->id, e->packed, queue, e->prio, e->maxa,
+                       e->runat, register_key ? "1" : "0",
+                       register_key ? job->request_hash : "", e->ttl, e->created,
+                       job->history ? job->history : "", job->id ? "1" : "0"};
+    for (size_t i = 0; i < ENQ_KEYS + ENQ_ARGS; i++) {
+        e->v[i] = v[i];
+        e->len[i] = i == ENQ_KEYS + 1 ? packed_len : strlen(v[i]);
+    }
+    return 0;
+}
+
+/* Reads one job's answer of the enqueue script into res. */
+static void enq_result(const redisReply *r, q_enq_result_t *res)
+{
+    res->rc = Q_EREDIS;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[1]->len >= Q_ID_SIZE)
+        return;
+    memcpy(res->id, r->element[1]->str, r->element[1]->len);
+    res->id[r->element[1]->len] = '\0';
+    const char *o = r->element[0]->str;
+    res->outcome = strcmp(o, "existing") == 0   ? Q_ENQ_EXISTING
                    : strcmp(o, "conflict") == 0 ? Q_ENQ_CONFLICT
                                                 : Q_ENQ_CREATED;
-        if (created_ms && r->elements >= 4 && r->element[3]->type == REDIS_REPLY_STRING)
-            *created_ms = strtoll(r->element[3]->str, NULL, 10);
-        rc = 0;
+    res->created_ms = r->elements >= 4 && r->element[3]->type == REDIS_REPLY_STRING
+                          ? strtoll(r->element[3]->str, NULL, 10)
+                          : 0;
+    res->rc = 0;
+}
+
+int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_result_t *res)
+{
+    struct enq *e = n > 0 ? calloc((size_t)n, sizeof(*e)) : NULL;
+    int *slot = n > 0 ? calloc((size_t)n, sizeof(*slot)) : NULL; /* job -> place in the call */
+    int k = 0, rc = 0;
+    q_argv_t *a = NULL;
+    redisReply *r = NULL;
+
+    if (n <= 0) return 0;
+    if (!e || !slot) {
+        rc = Q_ENOMEM;
+        goto out;
     }
+    for (int i = 0; i < n; i++) {
+        memset(&res[i], 0, sizeof(res[i]));
+        if ((res[i].rc = enq_prepare(c->prefix, jobs[i], &e[k])) == 0) slot[i] = k++;
+        else slot[i] = -1;
+    }
+    if (k == 0) goto out;
+    if (!(a = q_argv_script(QS_ENQUEUE, ENQ_KEYS * k, 3 + (ENQ_KEYS + ENQ_ARGS) * k))) {
+        rc = Q_ENOMEM;
+        goto out;
+    }
+    for (int part = 0; part < 2; part++) /* every job's keys, then every job's arguments */
+        for (int j = 0; j < k; j++)
+            for (int i = part ? ENQ_KEYS : 0; i < (part ? ENQ_KEYS + ENQ_ARGS : ENQ_KEYS); i++)
+                if (q_argv_add(a, e[j].v[i], e[j].len[i]) != 0) {
+                    q_argv_free(a);
+                    rc = Q_ENOMEM;
+                    goto out;
+                }
+    r = run(c, a);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)k) {
+        rc = Q_EREDIS;
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        if (slot[i] >= 0) enq_result(r->element[slot[i]], &res[i]);
+out:
+    for (int i = 0; rc != 0 && i < n; i++)
+        if (!slot || slot[i] >= 0) res[i].rc = rc;
     freeReplyObject(r);
+    for (int j = 0; e && j < k; j++) free(e[j].packed);
+    free(e);
+    free(slot);
+    return rc;
+}
+
+int q_enqueue(q_conn_t *c, const q_new_job_t *job, char id_out[Q_ID_SIZE], int *outcome,
+              int64_t *created_ms)
+{
+    q_enq_result_t res;
+    int rc = q_enqueue_many(c, &job, 1, &res);
+    if (rc == 0) rc = res.rc;
+    if (rc == 0) {
+        memcpy(id_out, res.id, Q_ID_SIZE);
+        *outcome = res.outcome;
+        if (created_ms && res.outcome == Q_ENQ_CREATED) *created_ms = res.created_ms;
+    }
     return rc;
 }
 
@@ -353,11 +428,13 @@ static int job_from_hash(const char *id, const redisReply *r, q_job_t **out)
         q_job_free(j);
         return Q_ENOTFOUND;
     }
-    /* A lease writes only "started" and a success only "finished" (queue/lua/fetch.lua,
-     * finish.lua): the last update is the latest of the three, and a succeeded job is
-     * complete, with no error or progress message left from its attempts. */
+    /* The scripts write only what changes (queue/lua/enqueue.lua, fetch.lua, finish.lua):
+     * the last update is the latest of four times, and a succeeded job is complete, with
+     * no error or progress message left from its attempts. */
+    if (j->created_ms > j->updated_ms) j->updated_ms = j->created_ms;
     if (j->started_ms > j->updated_ms) j->updated_ms = j->started_ms;
     if (j->finished_ms > j->updated_ms) j->updated_ms = j->finished_ms;
+    if (!j->run_at_ms) j->run_at_ms = j->created_ms; /* not written when it is the same */
     if (strcmp(j->status, "succeeded") == 0) {
         j->progress = 100;
         free(j->progress_message);
@@ -373,6 +450,15 @@ static int job_from_hash(const char *id, const redisReply *r, q_job_t **out)
         j->idempotency_key = d.idempotency_key;
         j->timeout_ms = d.timeout_ms;
         d.input = d.idempotency_key = NULL;
+        /* type and owner live in the record only (older hashes have them too) */
+        if (!j->type) {
+            j->type = d.type;
+            d.type = NULL;
+        }
+        if (!j->owner) {
+            j->owner = d.owner;
+            d.owner = NULL;
+        }
         q_record_clear(&d);
     }
     return 0;

@@ -8,10 +8,11 @@ local n = 0
 for i = 4, #ARGV - 1, 2 do
   local id = ARGV[i]
   local jk = ARGV[1] .. 'job:' .. id
-  local cur = redis.call('HMGET', jk, 'status', 'updated', 'started', 'finished')
+  local cur = redis.call('HMGET', jk, 'status', 'updated', 'started', 'finished', 'created')
   local st = cur[1]
-  -- the last update: the latest of the three (as queue/client.c reads it)
-  local updated = math.max(tonumber(cur[2]) or 0, tonumber(cur[3]) or 0, tonumber(cur[4]) or 0)
+  -- the last update: the latest of the four (as queue/client.c reads it)
+  local updated = math.max(tonumber(cur[2]) or 0, tonumber(cur[3]) or 0, tonumber(cur[4]) or 0,
+    tonumber(cur[5]) or 0)
   if not st then
     redis.call('ZREM', KEYS[1], id)
   elseif st == 'succeeded' or st == 'canceled' or st == 'failed' or st == 'dead' then

@@ -23,6 +23,12 @@ function fixture() {
   return { P, id, q, job: `${P}job:${id}` };
 }
 
+// The enqueue script's 8 keys and 12 arguments for one job (see queue/lua/enqueue.lua).
+const enqKeys = (f, id, idem) => [`${f.P}job:${id}`, f.q('ready'), f.q('scheduled'), f.q('marker'),
+  `${f.P}owner:o`, `${f.P}idem:${idem}`, `${f.P}seq`, `${f.P}queues`];
+const enqArgs = (id, o = {}) => [id, 'rec', 'default', '5', '3', o.runAt || '0', o.hash ? '1' : '0',
+  o.hash || '', '60000', o.created || '0', '', o.restore || '0'];
+
 // A job "running" under lease token 3 with a cancel requested.
 function runningWithCancel(f) {
   raw('HSET', f.job, 'status', 'running', 'token', '3', 'attempt', '1', 'max_attempts', '5',
@@ -77,11 +83,44 @@ test('release: without a cancel the job is queued again and the attempt not coun
 test('enqueue under an id Redis holds (a restore racing another) leaves the live job alone', () => {
   const f = fixture();
   runningWithCancel(f);
-  const out = cli('EVAL', lua('enqueue'), '8', f.job, f.q('ready'), f.q('scheduled'), f.q('marker'),
-    `${f.P}owner:o`, `${f.P}idem:-`, `${f.P}seq`, `${f.P}queues`, f.id, 'rec', 'noop', 'default', 'o',
-    '5', '3', '0', '0', '', '1000', '0', '');
+  const out = cli('EVAL', lua('enqueue'), '8', ...enqKeys(f, f.id, '-'),
+    ...enqArgs(f.id, { created: '1000', restore: '1' }));
   assert.match(out, /existing/);
   assert.equal(raw('HGET', f.job, 'token'), '3', 'the lease token is untouched');
   assert.equal(raw('HGET', f.job, 'status'), 'running');
   assert.equal(raw('ZSCORE', f.q('ready'), f.id), '', 'not queued a second time');
+});
+
+test('enqueue of several jobs in one call: queued in order, scheduled, one idempotency key', () => {
+  const f = fixture();
+  const ids = [0, 1, 2, 3].map((i) => `${f.id.slice(0, -1)}${i}`);
+  const future = String(Date.now() + 3600000);
+  // job 0 and 2 share an idempotency key and request: job 2 answers with job 0;
+  // job 3 has the key with another request: a conflict; job 1 is delayed
+  const keys = [...enqKeys(f, ids[0], 'k'), ...enqKeys(f, ids[1], '-'), ...enqKeys(f, ids[2], 'k'),
+    ...enqKeys(f, ids[3], 'k')];
+  const args = [...enqArgs(ids[0], { hash: 'h1' }), ...enqArgs(ids[1], { runAt: future }),
+    ...enqArgs(ids[2], { hash: 'h1' }), ...enqArgs(ids[3], { hash: 'h2' })];
+  const out = raw('EVAL', lua('enqueue'), String(keys.length), ...keys, ...args).split('\n');
+  assert.equal(out[0], 'created');
+  assert.equal(out[1], ids[0]);
+  assert.equal(out[2], 'queued');
+  assert.match(out[3], /^\d{13}$/, 'created ms');
+  assert.deepEqual(out.slice(4, 7), ['created', ids[1], 'scheduled']);
+  assert.deepEqual(out.slice(8, 10), ['existing', ids[0]], 'same key, same request');
+  assert.deepEqual(out.slice(11, 13), ['conflict', ids[0]], 'same key, another request');
+  assert.equal(raw('ZCARD', f.q('ready')), '1');
+  assert.equal(raw('ZSCORE', f.q('scheduled'), ids[1]), future);
+  assert.equal(raw('EXISTS', `${f.P}job:${ids[2]}`), '0');
+  assert.equal(raw('EXISTS', `${f.P}job:${ids[3]}`), '0');
+  assert.equal(raw('ZCARD', `${f.P}owner:o`), '2');
+  assert.equal(raw('ZSCORE', f.q('marker'), 'w'), '0', 'a blocked worker is woken');
+  // the hash holds what the scripts read; the record the rest
+  assert.deepEqual(raw('HKEYS', `${f.P}job:${ids[0]}`).split('\n').sort(),
+    ['created', 'max_attempts', 'priority', 'queue', 'rec', 'status']);
+  // a second call queues after the first (the sequence is taken once per call)
+  const more = [1, 2].map((i) => `${f.id.slice(0, -2)}9${i}`);
+  raw('EVAL', lua('enqueue'), '16', ...enqKeys(f, more[0], '-'), ...enqKeys(f, more[1], '-'),
+    ...enqArgs(more[0]), ...enqArgs(more[1]));
+  assert.deepEqual(raw('ZRANGE', f.q('ready'), '0', '-1').split('\n'), [ids[0], ...more]);
 });
