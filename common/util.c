@@ -23,19 +23,37 @@ int64_t cm_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Random bytes for ids and secrets, drawn from RAND_bytes a pool at a time: each call of
+ * RAND_bytes costs a getpid system call (OpenSSL's fork check), one per job id was
+ * measurable. Per thread; used bytes are wiped. No process of ours forks. */
+static _Thread_local struct {
+    unsigned char b[1024];
+    size_t used;
+} pool = {.used = sizeof(pool.b)};
+
+static int random_byte(unsigned char *out)
+{
+    if (pool.used == sizeof(pool.b)) {
+        if (RAND_bytes(pool.b, sizeof(pool.b)) != 1) return -1;
+        pool.used = 0;
+    }
+    *out = pool.b[pool.used];
+    pool.b[pool.used++] = 0;
+    return 0;
+}
+
 int cm_random_id(char *out, size_t outlen, const char *prefix, size_t n)
 {
     static const char alphabet[] =
         "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     size_t pl = strlen(prefix), i = 0;
-    unsigned char buf[64];
+    unsigned char c;
 
     if (pl + n + 1 > outlen) return -1;
     memcpy(out, prefix, pl);
     while (i < n) {
-        if (RAND_bytes(buf, sizeof(buf)) != 1) return -1;
-        for (size_t j = 0; j < sizeof(buf) && i < n; j++)
-            if (buf[j] < 248) out[pl + i++] = alphabet[buf[j] % 62]; /* 248 = 4*62: unbiased */
+        if (random_byte(&c) != 0) return -1;
+        if (c < 248) out[pl + i++] = alphabet[c % 62]; /* 248 = 4*62: unbiased */
     }
     out[pl + n] = '\0';
     return 0;

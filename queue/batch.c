@@ -56,6 +56,7 @@ static void *run(void *arg)
 {
     struct sender *sd = arg;
     q_batcher_t *b = sd->b;
+    pthread_setname_np(pthread_self(), "enqueue"); /* as top and perf show it */
     struct request *reqs[Q_BATCH_MAX];
     const q_new_job_t *jobs[Q_BATCH_MAX];
     q_enq_result_t res[Q_BATCH_MAX];

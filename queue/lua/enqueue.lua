@@ -19,6 +19,20 @@ local now = tonumber(now_s)
 local njobs = #KEYS / 8
 local out, registered, markers = {}, {}, {}
 local seq -- the last number taken from the sequence (for the queued jobs of this call)
+-- sorted-set additions, per key, made once all jobs are dealt with (one ZADD per key;
+-- nothing in the loop reads these sets)
+local adds, order = {}, {}
+
+local function add(key, score, member)
+  local list = adds[key]
+  if not list then
+    list = {}
+    adds[key] = list
+    order[#order + 1] = key
+  end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
 
 -- Enqueues the job whose keys start after KEYS[k] and arguments after ARGV[a].
 local function enqueue(k, a)
@@ -46,19 +60,18 @@ local function enqueue(k, a)
     status = 'scheduled'
     redis.call('HSET', jk, 'rec', ARGV[a + 2], 'status', status, 'queue', queue,
       'priority', ARGV[a + 4], 'max_attempts', ARGV[a + 5], 'created', created, 'run_at', run_at)
-    redis.call('ZADD', KEYS[k + 3], run_at, id)
+    add(KEYS[k + 3], run_at, id)
   else
     redis.call('HSET', jk, 'rec', ARGV[a + 2], 'status', status, 'queue', queue,
       'priority', ARGV[a + 4], 'max_attempts', ARGV[a + 5], 'created', created)
     if not seq then seq = redis.call('INCRBY', KEYS[k + 7], njobs) - njobs end -- one call each
     seq = seq + 1
-    redis.call('ZADD', KEYS[k + 2],
-      string.format('%d', (9 - tonumber(ARGV[a + 4])) * 1099511627776 + seq), id)
+    add(KEYS[k + 2], string.format('%d', (9 - tonumber(ARGV[a + 4])) * 1099511627776 + seq), id)
     markers[KEYS[k + 4]] = true
   end
   if created ~= now_s then redis.call('HSET', jk, 'updated', now_s) end
   if ARGV[a + 11] ~= '' then redis.call('HSET', jk, 'history', ARGV[a + 11]) end
-  redis.call('ZADD', KEYS[k + 5], created, id)
+  add(KEYS[k + 5], created, id)
   if not registered[queue] then
     registered[queue] = true
     redis.call('SADD', KEYS[k + 8], queue)
@@ -67,6 +80,7 @@ local function enqueue(k, a)
 end
 
 for j = 0, njobs - 1 do out[j + 1] = enqueue(j * 8, j * 12) end
+for _, key in ipairs(order) do redis.call('ZADD', key, unpack(adds[key])) end
 -- a worker blocked on a marker wakes once the whole call has run
 for marker in pairs(markers) do redis.call('ZADD', marker, '0', 'w') end
 return out
