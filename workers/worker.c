@@ -66,11 +66,9 @@ struct wk_worker {
     wk_redis_t *cmd, *wait, *sub;
     struct wqueue *queues;
     const char **qnames; /* the queue names, for q_cmd_wait */
-    int *order;          /* this round's order of queues */
+    char *empty;         /* per queue: found empty since a fetch last brought jobs */
     struct beat *beats;
     int nqueues;
-    int pos;             /* next index in order; 0: start a new round; nqueues: every
-                            queue was found empty, wait once no fetch is outstanding */
     struct fetch fetches[FETCH_DEPTH];
     int nfetch;  /* fetches outstanding */
     int asked;   /* jobs they asked for: slots they may fill */
@@ -479,31 +477,33 @@ static uint64_t rnd(wk_worker_t *w) /* xorshift64* */
     return w->rng * 2685821657736338717ULL;
 }
 
-/* Orders the queues for a new round: weighted random, without replacement (Sidekiq's
- * weighted mode), so a heavier queue is tried first more often but none starves. */
-static void new_round(wk_worker_t *w)
+/* The queue for the next fetch: weighted random among those not found empty since a
+ * fetch last brought jobs (Sidekiq's weighted mode: a heavier queue is tried first more
+ * often, but none starves), or -1 when every queue was. */
+static int pick_queue(wk_worker_t *w)
 {
-    int total = 0;
+    int total = 0, r;
+    for (int i = 0; i < w->nqueues; i++)
+        if (!w->empty[i]) total += w->queues[i].weight;
+    if (total == 0) return -1;
+    r = (int)(rnd(w) % (uint64_t)total);
     for (int i = 0; i < w->nqueues; i++) {
-        w->order[i] = i;
-        total += w->queues[i].weight;
+        if (w->empty[i]) continue;
+        if (r < w->queues[i].weight) return i;
+        r -= w->queues[i].weight;
     }
-    for (int k = 0; k < w->nqueues - 1; k++) {
-        int r = (int)(rnd(w) % (uint64_t)total), j = k;
-        while (r >= w->queues[w->order[j]].weight) r -= w->queues[w->order[j++]].weight;
-        int t = w->order[k];
-        w->order[k] = w->order[j];
-        w->order[j] = t;
-        total -= w->queues[w->order[k]].weight;
-    }
+    return -1; /* cannot happen */
 }
+
+/* Every queue may have jobs again (after a wait, or a fetch that brought some). */
+static void new_round(wk_worker_t *w) { memset(w->empty, 0, (size_t)w->nqueues); }
 
 static void on_woken(wk_redis_t *r, redisReply *reply, void *data)
 {
     wk_worker_t *w = data;
     (void)r;
     w->waiting = 0;
-    w->pos = 0;
+    new_round(w);
     if (!reply) return; /* fetching resumes when the wait connection is back */
     if (reply->type == REDIS_REPLY_ERROR) {
         LOG_ERR("waiting for jobs failed: %s", reply->str); /* the heartbeat retries */
@@ -554,11 +554,11 @@ static void on_fetched(wk_redis_t *r, redisReply *reply, void *data)
     q_fetched_free(f, n);
     if (w->phase == PH_RUNNING) {
         if (n > 0)
-            w->pos = 0; /* a new round */
-        else if (w->pos < w->nqueues && w->order[w->pos] == ft->queue)
-            w->pos++; /* empty: the next queue of this round */
-        if (w->pos >= w->nqueues && w->nfetch == 0) {
-            w->pos = 0;
+            new_round(w);
+        else
+            w->empty[ft->queue] = 1;
+        if (pick_queue(w) < 0 && w->nfetch == 0) {
+            new_round(w);
             wait_for_jobs(w);
         } else {
             fetch(w);
@@ -576,17 +576,20 @@ static void fetch(wk_worker_t *w)
 {
     int share = (w->concurrency + FETCH_DEPTH - 1) / FETCH_DEPTH;
     if (share > FETCH_MAX) share = FETCH_MAX;
+    /* every queue found empty, yet no wait and no fetch outstanding (the wait could not
+     * be sent, or the last fetch got no reply): a new round (the heartbeat retries) */
+    if (w->nfetch == 0 && !w->waiting && pick_queue(w) < 0) new_round(w);
 
     while (w->phase == PH_RUNNING && !w->waiting && w->nfetch < FETCH_DEPTH &&
-           w->pos < w->nqueues && wk_redis_connected(w->cmd)) {
-        int room = w->concurrency - w->nrun - w->asked;
+           wk_redis_connected(w->cmd)) {
+        int room = w->concurrency - w->nrun - w->asked, q;
         struct fetch *ft = NULL;
         if (room <= 0 || (w->nfetch > 0 && room < (share + 1) / 2)) return;
+        if ((q = pick_queue(w)) < 0) return; /* the outstanding fetch decides */
         if (room > share) room = share;
         for (int i = 0; i < FETCH_DEPTH && !ft; i++)
             if (!w->fetches[i].cmd) ft = &w->fetches[i];
-        if (w->pos == 0 && w->nfetch == 0) new_round(w); /* one order while fetches run */
-        ft->queue = w->order[w->pos];
+        ft->queue = q;
         ft->n = room;
         ft->cmd = q_cmd_fetch(w->prefix, w->queues[ft->queue].name, room, cm_cfg.lease_ms,
                               w->id);
@@ -802,7 +805,7 @@ static void free_worker(wk_worker_t *w)
         }
     free(w->queues);
     free(w->qnames);
-    free(w->order);
+    free(w->empty);
     free(w->beats);
     free(w->run);
     free(w->hb_ids);
@@ -816,12 +819,12 @@ static int alloc_tables(wk_worker_t *w)
     size_t nq = (size_t)w->nqueues, nc = (size_t)w->concurrency;
 
     w->qnames = calloc(nq, sizeof(*w->qnames));
-    w->order = calloc(nq, sizeof(*w->order));
+    w->empty = calloc(nq, 1);
     w->beats = calloc(nq, sizeof(*w->beats));
     w->run = calloc(nc, sizeof(*w->run));
     w->hb_ids = calloc(nc, sizeof(*w->hb_ids));
     w->hb_tokens = calloc(nc, sizeof(*w->hb_tokens));
-    if (!w->qnames || !w->order || !w->beats || !w->run || !w->hb_ids || !w->hb_tokens)
+    if (!w->qnames || !w->empty || !w->beats || !w->run || !w->hb_ids || !w->hb_tokens)
         return -1;
     for (int i = 0; i < w->nqueues; i++) {
         w->qnames[i] = w->queues[i].name;

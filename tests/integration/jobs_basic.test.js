@@ -150,6 +150,21 @@ test('CONVEYOR_CONCURRENCY=2: a worker never runs more than 2 jobs at once',
     assert.equal(await s.redis('ZCARD', s.queueKey('default', 'working')), '0');
   }));
 
+test('weighted queues: a busy queue does not starve another (both served as they fill)',
+  { timeout: 120000 }, () => withStack({ workers: 0 }, async (s) => {
+    const big = await s.enqueueMany(2000, { type: 'noop', queue: 'big' }, { parallel: 40 });
+    const small = await s.enqueueMany(100, { type: 'noop', queue: 'small' }, { parallel: 20 });
+    // fast jobs keep fetches outstanding all the time: each must still pick its queue
+    // by weight, not stay on the one it found busy
+    s.startWorker({ CONVEYOR_QUEUES: 'big:3,small:1', CONVEYOR_CONCURRENCY: '10' });
+    const done = await s.waitAll([...big, ...small], 'succeeded', { timeout: 90000 });
+    const started = (j) => Date.parse(j.startedAt);
+    const lastSmall = Math.max(...done.filter((j) => j.queue === 'small').map(started));
+    const bigBefore = done.filter((j) => j.queue === 'big' && started(j) < lastSmall).length;
+    assert.ok(bigBefore < 1500, `${bigBefore} of the 2000 jobs of "big" started before the ` +
+      'last of the 100 of "small": it waited for "big" to drain');
+  }));
+
 test('queues: a worker serves only its CONVEYOR_QUEUES; weighted queues are all served',
   { timeout: 60000 }, () => withStack({ workers: 0 }, async (s) => {
     const hi = await s.enqueueMany(6, { type: 'noop', queue: 'hi' }, { parallel: 3 });
