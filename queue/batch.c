@@ -1,11 +1,12 @@
 /* queue/batch.c — group commit of enqueues (q_batcher_*, see queue.h).
  *
- * Callers queue a request on their stack and sleep on its semaphore; the batcher thread
+ * Callers queue a request on their stack and sleep on its semaphore; a sender thread
  * takes every request waiting (up to Q_BATCH_MAX), sends them as one q_enqueue_many call
  * on its own connection, and wakes each caller with its outcome (a semaphore each: no
  * lock is held while they wake, and a caller may return as soon as it is posted).
  * While one call runs, the next batch gathers, so the batch grows with the load and a
- * lone request goes at once. */
+ * lone request goes at once. There are SENDERS threads: with one, Redis idled whenever
+ * the scheduler set that thread aside among the request threads. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>

@@ -188,9 +188,9 @@ typedef struct q_enq_result {
  * Q_ENOMEM / Q_EREDIS when the call as a whole failed (every valid job's rc says so). */
 int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_result_t *res);
 
-/* Group commit of enqueues (queue/batch.c): any number of threads hand jobs to one thread
- * with a Redis connection of its own, which sends whatever gathered while its previous
- * call ran as one q_enqueue_many call (at most Q_BATCH_MAX jobs). Nothing waits for a
+/* Group commit of enqueues (queue/batch.c): any number of threads hand jobs to a few
+ * sender threads, each with a Redis connection of its own, which send whatever gathered
+ * while their previous call ran as one q_enqueue_many call (at most Q_BATCH_MAX jobs). Nothing waits for a
  * batch to fill: a lone job goes at once. Saves Redis a round trip, a script set-up and
  * two system calls per job under concurrent load. */
 #define Q_BATCH_MAX 256
