@@ -92,8 +92,13 @@ static q_conn_t *thread_conn(void)
 
 static void *on_init_thread(const struct mg_context *ctx, int thread_type)
 {
+    q_conn_t *q;
     (void)ctx;
-    if (thread_type == 1) thread_conn(); /* 1: a request thread */
+    /* 1: a request thread. It connects now rather than at its first request that needs
+     * Redis: under load Redis was seen to take seconds to accept a new connection (no
+     * reply within CONVEYOR_REDIS_TIMEOUT_MS, then a 503), while it served the open ones
+     * at once. If Redis is down, the first request connects. */
+    if (thread_type == 1 && (q = thread_conn())) (void)q_conn_redis(q);
     return NULL;
 }
 

@@ -388,6 +388,7 @@ phase_http_conveyor() {
     local prefix=cvb api id code body auth post_ok=1
     auth=$TMP/auth.header # curl -H @file: the token stays off command lines
     (umask 077 && printf 'Authorization: Bearer %s\n' "$CONVEYOR_OPERATOR_TOKEN" >"$auth")
+    rcli config set latency-monitor-threshold 100 >/dev/null
     say "(b)(c) conveyor api on 127.0.0.1:$APORT, $API_THREADS threads, no worker running"
     CONVEYOR_REDIS_PREFIX=$prefix CONVEYOR_LISTEN=127.0.0.1:$APORT CONVEYOR_API_THREADS=$API_THREADS \
         CONVEYOR_RATE_LIMIT_USER=1000000000 CONVEYOR_RATE_LIMIT_API_KEY=1000000000 \
@@ -422,6 +423,7 @@ phase_http_conveyor() {
         bench_user_auth "$api" "$id"
     fi
     R[b_conv_jobs]=$(rcli zcard "$prefix:{default}:ready")
+    { rcli slowlog get 20; rcli latency latest; rcli latency doctor; } >"$LOGS/slowlog-http.txt" 2>&1 || true
     stop_pid "$api" 30
 }
 

@@ -58,6 +58,7 @@ static void *run(void *arg)
     struct sender *sd = arg;
     q_batcher_t *b = sd->b;
     pthread_setname_np(pthread_self(), "enqueue"); /* as top and perf show it */
+    (void)q_conn_redis(sd->c); /* connected before the load comes (see api/server.c) */
     struct request *reqs[Q_BATCH_MAX];
     const q_new_job_t *jobs[Q_BATCH_MAX];
     q_enq_result_t res[Q_BATCH_MAX];
