@@ -3,7 +3,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "common/config.h"
@@ -147,13 +149,25 @@ int q_ping(q_conn_t *c)
     return ok;
 }
 
+/* Whether Redis has closed an idle connection (restart, timeout, CLIENT KILL): it reads
+ * as end of file, or holds bytes no command asked for. One non-blocking peek. */
+static int closed_meanwhile(const redisContext *rc)
+{
+    char b;
+    ssize_t n = recv(rc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* Runs a script vector (EVALSHA, falling back to EVAL). Takes a. Returns the reply or
- * NULL; an error reply is logged and freed (NULL). */
+ * NULL; an error reply is logged and freed (NULL). The scripts sent here are not all
+ * safe to send twice, so a command that failed is not retried; a connection Redis
+ * closed before it was sent is replaced first. */
 static redisReply *run(q_conn_t *c, q_argv_t *a)
 {
     redisReply *r = NULL;
     redisContext *rc;
     if (!a) return NULL;
+    if ((rc = c->rc) && closed_meanwhile(rc)) drop(c);
     if (!(rc = q_conn_redis(c))) goto out;
     r = checked(c, redisCommandArgv(rc, a->argc, (const char **)a->argv, a->len));
     if (q_reply_noscript(r) && q_argv_to_eval(a) == 0) {
