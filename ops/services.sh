@@ -107,6 +107,25 @@ make_dirs() {
 
 # as_pg CMD... — run CMD as the PostgreSQL user (root: `postgres`; otherwise
 # ourselves). From / so that the user never needs our working directory.
+# in_background LOG CMD... — starts CMD with output to LOG, in a process group of its
+# own (the terminal's Ctrl-C meant for make does not reach it) but in the caller's
+# session. Not setsid, --daemonize or pg_ctl start: each new session is a scheduler
+# autogroup of its own, and on this machine's kernel a server alone in its autogroup
+# was seen to wait up to 12 s for a CPU while the api kept both cores busy (a PING to
+# Redis unanswered meanwhile, requests past their timeout). Sets STARTED_PID.
+STARTED_PID=''
+in_background() {
+    local out=$1
+    shift
+    set -m # job control: the job below gets a process group of its own
+    "$@" </dev/null >>"$out" 2>&1 &
+    STARTED_PID=$!
+    set +m
+}
+
+# started_alive — the process in_background started has not exited.
+started_alive() { kill -0 "$STARTED_PID" 2>/dev/null && pid_alive "$STARTED_PID"; }
+
 as_pg() {
     if is_root; then
         (cd / && runuser -u "$PG_USER" -- "$@")
@@ -221,14 +240,14 @@ redis_start() {
     rm -f "$rdir/redis.pid"
     printf '%s\n' "$port" >"$rdir/port"
     if ((fast)); then echo fast >"$rdir/mode"; else echo durable >"$rdir/mode"; fi
-    redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
-        --dir "$rdir" --appendonly "$aof" --appendfsync everysec --save '' \
-        --hash-max-listpack-value 1024 \
-        --daemonize yes --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log" ||
-        die "redis-server failed to start; see $rdir/redis.log"
+    # not --daemonize: that would give Redis a session of its own (see in_background)
+    in_background "$rdir/redis.out" redis-server --port "$port" --bind 127.0.0.1 \
+        --protected-mode yes --dir "$rdir" --appendonly "$aof" --appendfsync everysec \
+        --save '' --hash-max-listpack-value 1024 \
+        --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log"
     local deadline=$((SECONDS + START_TIMEOUT))
     until redis_ping "$port"; do
-        if ((SECONDS >= deadline)); then
+        if ((SECONDS >= deadline)) || ! started_alive; then
             tail -n 20 "$rdir/redis.log" >&2 || true
             die "Redis did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s (log: $rdir/redis.log)"
         fi
@@ -304,15 +323,16 @@ pg_start() {
     opts="-p $port -c listen_addresses=127.0.0.1 -k $sock"
     # Tests only: never for data that must survive a crash.
     ((fast)) && opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    # setsid: the server must not get the terminal's Ctrl-C meant for make.
-    if ! as_pg setsid -w "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
-        -o "$opts" start >/dev/null 2>&1; then
-        tail -n 20 "$PG_LOG" >&2 || true
-        die "PostgreSQL failed to start on 127.0.0.1:$port (log: $PG_LOG)"
-    fi
+    # the postmaster itself, not pg_ctl start: pg_ctl puts it in a session of its own
+    # (see in_background); pg_ctl stop still works from postmaster.pid
+    # shellcheck disable=SC2086 # opts: words made of shell-safe paths (pg_sockdir)
+    in_background "$PG_LOG" as_pg "$PG_BIN/postgres" -D "$PG_DATA" $opts
     local deadline=$((SECONDS + START_TIMEOUT))
     until pg_ready "$port"; do
-        ((SECONDS < deadline)) || die "PostgreSQL does not answer on 127.0.0.1:$port (log: $PG_LOG)"
+        if ((SECONDS >= deadline)) || ! started_alive; then
+            tail -n 20 "$PG_LOG" >&2 || true
+            die "PostgreSQL failed to start on 127.0.0.1:$port (log: $PG_LOG)"
+        fi
         sleep 0.1
     done
     log "PostgreSQL started on 127.0.0.1:$port (data: $PG_DATA)"

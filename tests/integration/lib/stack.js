@@ -158,12 +158,13 @@ async function waitFor(fn, { timeout = 10000, interval = 50, what = 'condition' 
 const everyProcess = new Set(); // live process groups, killed when node exits
 
 function killGroup(pgid, signal) {
-  try {
-    process.kill(-pgid, signal);
-    return true;
-  } catch {
-    return false;
+  for (const target of [-pgid, pgid]) { // just spawned: timeout may not lead a group yet
+    try {
+      process.kill(target, signal);
+      return true;
+    } catch { /* try the next */ }
   }
+  return false;
 }
 
 process.on('exit', () => {
@@ -176,9 +177,12 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
-// One server process (conveyor or redis-server): `timeout --foreground` (the
-// process-group leader, pgid) runs the binary as its only child. Signals other than
-// SIGKILL go to the binary itself, exactly once; SIGKILL goes to the whole group.
+// One server process (conveyor or redis-server): `timeout` (the process-group leader,
+// pgid: it makes a group of its own) runs the binary as its only child. Signals other
+// than SIGKILL go to the binary itself, exactly once; SIGKILL goes to the whole group.
+// Not detached (setsid): each session is a scheduler autogroup of its own, and on this
+// machine's kernel a server alone in its autogroup was seen to wait seconds for a CPU
+// while others kept both cores busy.
 class Proc {
   constructor(name, argv, env, logName) {
     this.name = name;
@@ -189,8 +193,8 @@ class Proc {
     this.startedAt = Date.now();
     this.child = spawn(
       'timeout',
-      ['--foreground', '-k', '5', String(PROCESS_LIFETIME_S), ...argv],
-      { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
+      ['-k', '5', String(PROCESS_LIFETIME_S), ...argv],
+      { env, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.pgid = this.child.pid;
     everyProcess.add(this);
