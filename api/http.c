@@ -44,7 +44,7 @@ static const char *connection_header(const api_req_t *r)
 size_t api_render(const json_t *body, char *buf, size_t cap)
 {
     /* 12 digits: prices such as 0.00003 print as 3e-05, not 3.0000000000000001e-05 */
-    return json_dumpb(body, buf, cap, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    return json_dumpb(body, buf, cap, API_RENDER_FLAGS);
 }
 
 /* Writes the status line and headers into the HEAD_ROOM bytes before the body (n bytes

@@ -60,6 +60,7 @@ int api_reply_text(api_req_t *r, int status, const char *body, size_t len,
 /* Renders body (borrowed) as the bytes api_reply sends into buf (size cap). Returns
  * the length (more than cap: it did not fit, buf holds a prefix), 0 on error. */
 size_t api_render(const json_t *body, char *buf, size_t cap);
+#define API_RENDER_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(12)) /* api_render's */
 
 /* Sends the error envelope: code ("NOT_FOUND"...), details (takes; NULL: null), extra
  * header lines (NULL for none) and a printf-style message. Returns status. */

@@ -83,13 +83,104 @@ static void changed(api_req_t *r, const char *id)
     if (r->cache) api_cache_forget(r->cache, id);
 }
 
+/* The header lines of a 202 for job id, plus extra ones (or NULL). */
+static void accepted_headers(char *headers, size_t len, const char *id, const char *extra)
+{
+    snprintf(headers, len, "Location: /v1/jobs/%s\r\nRetry-After: 1\r\n%s", id,
+             extra ? extra : "");
+}
+
 /* 202 with the job, Location and Retry-After, plus extra header lines (or NULL). */
 static int accepted(api_req_t *r, const q_job_t *job, const char *extra)
 {
     char headers[256];
-    snprintf(headers, sizeof(headers), "Location: /v1/jobs/%s\r\nRetry-After: 1\r\n%s", job->id,
-             extra ? extra : "");
+    accepted_headers(headers, sizeof(headers), job->id, extra);
     return api_reply(r, 202, q_job_to_json(job), headers);
+}
+
+/* ---- the 202 of a new job, rendered directly --------------------------------------- */
+
+/* Output into a fixed buffer: what does not fit is counted, not written. */
+typedef struct out {
+    char *buf;
+    size_t cap, n;
+} out_t;
+
+static void out_put(out_t *o, const char *s, size_t len)
+{
+    if (o->n < o->cap) memcpy(o->buf + o->n, s, len < o->cap - o->n ? len : o->cap - o->n);
+    o->n += len;
+}
+
+static void out_str(out_t *o, const char *s) { out_put(o, s, strlen(s)); }
+
+static void out_int(out_t *o, long long v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", v);
+    out_put(o, num, (size_t)n);
+}
+
+/* A JSON string of printable ASCII (names checked by q_valid_*, Idempotency-Keys by
+ * valid_idem_key), escaped as jansson does: only '"' and '\'. */
+static void out_ascii(out_t *o, const char *s)
+{
+    out_put(o, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\') out_put(o, "\\", 1);
+        out_put(o, p, 1);
+    }
+    out_put(o, "\"", 1);
+}
+
+static void out_time(out_t *o, int64_t ms)
+{
+    char t[40];
+    if (ms <= 0) {
+        out_str(o, "null");
+        return;
+    }
+    cm_format_time(ms, t, sizeof(t));
+    out_put(o, "\"", 1);
+    out_str(o, t);
+    out_put(o, "\"", 1);
+}
+
+size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, size_t cap)
+{
+    out_t o = {.buf = buf, .cap = cap};
+    out_str(&o, "{\"id\":");
+    out_ascii(&o, job->id);
+    out_str(&o, ",\"object\":\"job\",\"type\":");
+    out_ascii(&o, job->type);
+    out_str(&o, ",\"queue\":");
+    out_ascii(&o, job->queue);
+    out_str(&o, ",\"status\":");
+    out_ascii(&o, job->status);
+    out_str(&o, ",\"attempt\":0,\"maxAttempts\":");
+    out_int(&o, job->max_attempts);
+    out_str(&o, ",\"priority\":");
+    out_int(&o, job->priority);
+    out_str(&o, ",\"input\":");
+    if (input) { /* straight into the buffer; the count when it does not fit */
+        size_t d = json_dumpb(input, o.n < o.cap ? o.buf + o.n : NULL,
+                              o.n < o.cap ? o.cap - o.n : 0, API_RENDER_FLAGS);
+        o.n += d ? d : o.cap + 1; /* 0: failed (out of memory), reported as too long */
+    } else
+        out_str(&o, "{}");
+    out_str(&o, ",\"progress\":{\"percent\":0,\"message\":null},\"result\":null,"
+                "\"error\":null,\"attempts\":[],\"cancelRequested\":false,"
+                "\"idempotencyKey\":");
+    if (job->idempotency_key) out_ascii(&o, job->idempotency_key);
+    else out_str(&o, "null");
+    out_str(&o, ",\"runAt\":");
+    out_time(&o, job->run_at_ms);
+    out_str(&o, ",\"createdAt\":");
+    out_time(&o, job->created_ms);
+    out_str(&o, ",\"startedAt\":null,\"finishedAt\":null,\"updatedAt\":");
+    out_time(&o, job->updated_ms);
+    out_put(&o, "}", 1);
+    return o.n;
 }
 
 static int conflict(api_req_t *r, const char *status, const char *what)
@@ -280,7 +371,14 @@ int api_jobs_create(api_req_t *r)
             .run_at_ms = spec.run_at_ms > now ? spec.run_at_ms : now,
         };
         memcpy(job.id, id, sizeof(job.id));
-        st = accepted(r, &job, NULL);
+        char body[4096], headers[256];
+        size_t n = api_render_created(&job, spec.input, body, sizeof(body));
+        if (n <= sizeof(body)) {
+            accepted_headers(headers, sizeof(headers), id, NULL);
+            st = api_reply_text(r, 202, body, n, headers);
+        } else { /* a large input */
+            st = accepted(r, &job, NULL);
+        }
     } else if (outcome == Q_ENQ_EXISTING) {
         q_job_t *job;
         if ((st = load_job(r, id, &job, NULL)) == 0) {

@@ -1,4 +1,5 @@
-/* tests/unit/api/test_jobs.c — listing cursors and POST /v1/jobs body validation. */
+/* tests/unit/api/test_jobs.c — listing cursors, POST /v1/jobs body validation, and the
+ * 202 body of a new job. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -181,6 +182,58 @@ static void test_spec_errors(void **state)
     expect_field("{\"type\":\"noop\",\"timeoutSeconds\":86401}", "timeoutSeconds");
 }
 
+/* Renders job both ways: the direct renderer must write what the JSON tree gives. */
+static void expect_same_render(q_job_t *job, const char *input_text)
+{
+    json_error_t err;
+    json_t *input = input_text ? json_loads(input_text, 0, &err) : NULL;
+    char *stored = input ? json_dumps(input, JSON_COMPACT) : NULL; /* as the record keeps it */
+    char direct[4096], tree[4096];
+    job->input = stored ? stored : "{}";
+    json_t *j = q_job_to_json(job);
+    size_t want = api_render(j, tree, sizeof(tree));
+    size_t got = api_render_created(job, input, direct, sizeof(direct));
+    json_decref(j);
+    assert_true(want < sizeof(tree));
+    tree[want] = '\0';
+    assert_int_equal(got, want);
+    direct[got] = '\0';
+    assert_string_equal(direct, tree);
+    /* too small a buffer: the length it needs, and the caller falls back */
+    assert_int_equal(api_render_created(job, input, direct, 40), want);
+    free(stored);
+    json_decref(input);
+}
+
+static void test_render_created(void **state)
+{
+    (void)state;
+    q_job_t job = {
+        .id = ID,
+        .type = "noop",
+        .queue = "default",
+        .status = "queued",
+        .max_attempts = 3,
+        .priority = 5,
+        .created_ms = 1764860000123LL,
+        .updated_ms = 1764860000123LL,
+        .run_at_ms = 1764860000120LL,
+    };
+    expect_same_render(&job, NULL);
+    expect_same_render(&job, "{}");
+    expect_same_render(&job, "{\"ms\":250,\"note\":\"caf\u00e9 \\\"q\\\" \\\\ \\n / \\u0001\"}");
+    expect_same_render(&job, "{\"price\":0.00003,\"x\":0.1,\"big\":1e300,\"neg\":-2.5,"
+                             "\"list\":[1,2,{\"a\":null,\"b\":true}],\"z\":\"\xf0\x9f\x9a\x80\"}");
+    job.type = "ai.chat-v2_x";
+    job.queue = "Bulk.Low-1";
+    job.status = "scheduled";
+    job.priority = 0;
+    job.max_attempts = 1000;
+    job.run_at_ms = 1893456000000LL;
+    job.idempotency_key = "order \"42\" \\ /x~";
+    expect_same_render(&job, "{\"a\":1}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -189,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_spec_defaults),
         cmocka_unit_test(test_spec_values),
         cmocka_unit_test(test_spec_errors),
+        cmocka_unit_test(test_render_created),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
