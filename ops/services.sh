@@ -13,7 +13,7 @@
 #   AOF, PostgreSQL without fsync.
 # stop: stops both servers and waits until they are gone; fine when nothing runs.
 #
-# Files in DIR: redis/{redis.pid,redis.log,port,mode}, pg/{data,pg.log,initdb.log},
+# Files in DIR: redis/{redis.pid,redis.log,redis.out,port,mode}, pg/{data,pg.log,initdb.log},
 #   pg/sockdir (unix socket dir when DIR/pg/run would be too long),
 #   pg/base (where the PostgreSQL files are when user postgres cannot enter DIR).
 # Env: CONVEYOR_PG_BIN (default /usr/lib/postgresql/15/bin).
@@ -105,8 +105,6 @@ make_dirs() {
     chmod 755 "$dir"
 }
 
-# as_pg CMD... — run CMD as the PostgreSQL user (root: `postgres`; otherwise
-# ourselves). From / so that the user never needs our working directory.
 # in_background LOG CMD... — starts CMD with output to LOG, in a process group of its
 # own (the terminal's Ctrl-C meant for make does not reach it) but in the caller's
 # session. Not setsid, --daemonize or pg_ctl start: each new session is a scheduler
@@ -126,6 +124,8 @@ in_background() {
 # started_alive — the process in_background started has not exited.
 started_alive() { kill -0 "$STARTED_PID" 2>/dev/null && pid_alive "$STARTED_PID"; }
 
+# as_pg CMD... — run CMD as the PostgreSQL user (root: `postgres`; otherwise
+# ourselves). From / so that the user never needs our working directory.
 as_pg() {
     if is_root; then
         (cd / && runuser -u "$PG_USER" -- "$@")

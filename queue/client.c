@@ -1,9 +1,9 @@
 /* queue/client.c — the synchronous client: one connection, one thread. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
