@@ -95,9 +95,9 @@ static void *on_init_thread(const struct mg_context *ctx, int thread_type)
     q_conn_t *q;
     (void)ctx;
     /* 1: a request thread. It connects now rather than at its first request that needs
-     * Redis: under load Redis was seen to take seconds to accept a new connection (no
-     * reply within CONVEYOR_REDIS_TIMEOUT_MS, then a 503), while it served the open ones
-     * at once. If Redis is down, the first request connects. */
+     * Redis, so that a connection is not set up in the middle of a load (a Redis starved
+     * of CPU took seconds to accept one: see in_background in ops/services.sh). If Redis
+     * is down, the first request connects. */
     if (thread_type == 1 && (q = thread_conn())) (void)q_conn_redis(q);
     return NULL;
 }
