@@ -133,16 +133,20 @@ static void out_ascii(out_t *o, const char *s)
     out_put(o, "\"", 1);
 }
 
-static void out_time(out_t *o, int64_t ms)
+/* A time as JSON (null when unset); text, formatted once, is reused while ms stays the
+ * same (a new job's createdAt and updatedAt). */
+static void out_time(out_t *o, int64_t ms, char text[40], int64_t *text_ms)
 {
-    char t[40];
     if (ms <= 0) {
         out_str(o, "null");
         return;
     }
-    cm_format_time(ms, t, sizeof(t));
+    if (*text_ms != ms) {
+        cm_format_time(ms, text, 40);
+        *text_ms = ms;
+    }
     out_put(o, "\"", 1);
-    out_str(o, t);
+    out_str(o, text);
     out_put(o, "\"", 1);
 }
 
@@ -173,12 +177,14 @@ size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, si
                 "\"idempotencyKey\":");
     if (job->idempotency_key) out_ascii(&o, job->idempotency_key);
     else out_str(&o, "null");
+    char t[40];
+    int64_t t_ms = 0;
     out_str(&o, ",\"runAt\":");
-    out_time(&o, job->run_at_ms);
+    out_time(&o, job->run_at_ms, t, &t_ms);
     out_str(&o, ",\"createdAt\":");
-    out_time(&o, job->created_ms);
+    out_time(&o, job->created_ms, t, &t_ms);
     out_str(&o, ",\"startedAt\":null,\"finishedAt\":null,\"updatedAt\":");
-    out_time(&o, job->updated_ms);
+    out_time(&o, job->updated_ms, t, &t_ms);
     out_put(&o, "}", 1);
     return o.n;
 }

@@ -121,9 +121,6 @@ in_background() {
     set +m
 }
 
-# started_alive — the process in_background started has not exited.
-started_alive() { kill -0 "$STARTED_PID" 2>/dev/null && pid_alive "$STARTED_PID"; }
-
 # as_pg CMD... — run CMD as the PostgreSQL user (root: `postgres`; otherwise
 # ourselves). From / so that the user never needs our working directory.
 as_pg() {
@@ -247,7 +244,7 @@ redis_start() {
         --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log"
     local deadline=$((SECONDS + START_TIMEOUT))
     until redis_ping "$port"; do
-        if ((SECONDS >= deadline)) || ! started_alive; then
+        if ((SECONDS >= deadline)) || ! pid_alive "$STARTED_PID"; then
             tail -n 20 "$rdir/redis.log" >&2 || true
             die "Redis did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s (log: $rdir/redis.log)"
         fi
@@ -329,7 +326,7 @@ pg_start() {
     in_background "$PG_LOG" as_pg "$PG_BIN/postgres" -D "$PG_DATA" $opts
     local deadline=$((SECONDS + START_TIMEOUT))
     until pg_ready "$port"; do
-        if ((SECONDS >= deadline)) || ! started_alive; then
+        if ((SECONDS >= deadline)) || ! pid_alive "$STARTED_PID"; then
             tail -n 20 "$PG_LOG" >&2 || true
             die "PostgreSQL failed to start on 127.0.0.1:$port (log: $PG_LOG)"
         fi

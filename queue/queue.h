@@ -190,16 +190,17 @@ int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_res
 
 /* Group commit of enqueues (queue/batch.c): any number of threads hand jobs to a few
  * sender threads, each with a Redis connection of its own, which send whatever gathered
- * while their previous call ran as one q_enqueue_many call (at most Q_BATCH_MAX jobs). Nothing waits for a
- * batch to fill: a lone job goes at once. Saves Redis a round trip, a script set-up and
- * two system calls per job under concurrent load. */
+ * while their previous call ran as one q_enqueue_many call (at most Q_BATCH_MAX jobs).
+ * Nothing waits for a batch to fill: a lone job goes at once. Saves Redis a round trip,
+ * a script set-up and two system calls per job under concurrent load. */
 #define Q_BATCH_MAX 256
 typedef struct q_batcher q_batcher_t;
 
-/* Starts the thread (connecting lazily, as q_conn_new). NULL on failure. */
+/* Starts the sender threads; each connects at once (and again on use while Redis is
+ * down). NULL on failure. */
 q_batcher_t *q_batcher_new(const char *host, int port, const char *prefix, int timeout_ms);
 
-/* Sends what is still handed in, then stops the thread. No call may be running or
+/* Sends what is still handed in, then stops the threads. No call may be running or
  * follow. NULL is a no-op. */
 void q_batcher_free(q_batcher_t *b);
 

@@ -199,8 +199,13 @@ static void expect_same_render(q_job_t *job, const char *input_text)
     assert_int_equal(got, want);
     direct[got] = '\0';
     assert_string_equal(direct, tree);
-    /* too small a buffer: the length it needs, and the caller falls back */
-    assert_int_equal(api_render_created(job, input, direct, 40), want);
+    /* any buffer too small (the input cut anywhere too): the length it needs, no byte
+     * written past the end */
+    for (size_t cap = 0; cap < want; cap++) {
+        memset(direct, '#', sizeof(direct));
+        assert_int_equal(api_render_created(job, input, direct, cap), want);
+        assert_int_equal(direct[cap], '#');
+    }
     free(stored);
     json_decref(input);
 }
