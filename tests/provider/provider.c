@@ -557,14 +557,17 @@ static long long cut_words(char *reply, long long max, long long words)
 }
 
 /* The body of a 200: the completion with its usage. Returns NULL on ENOMEM. */
+/* created: from CLOCK_REALTIME, as clients compare it with their clocks; time() reads
+ * the coarse clock, up to a tick behind, and gave a second too early at a boundary. */
 static json_t *completion(const struct chat *ch, char *reply)
 {
     long long words = count_words(reply), c = cut_words(reply, ch->max_tokens, words);
     char id[40];
+    json_int_t created = (json_int_t)(wall_ms() / 1e3);
 
     snprintf(id, sizeof(id), "chatcmpl-%lld", ++P.counter);
     return json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s},s:s}],s:{s:I,s:I,s:I}}",
-                     "id", id, "object", "chat.completion", "created", (json_int_t)time(NULL),
+                     "id", id, "object", "chat.completion", "created", created,
                      "model", ch->model, "choices", "index", 0, "message", "role", "assistant",
                      "content", reply, "finish_reason", c < words ? "length" : "stop",
                      "usage", "prompt_tokens", (json_int_t)ch->prompt, "completion_tokens",
