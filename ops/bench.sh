@@ -28,8 +28,8 @@
 # figure was measured (whatever the verdicts), 1 otherwise.
 #
 # Settings (environment): BENCH_JOBS (100000), BENCH_ROUNDS (2: (a) runs BullMQ then
-# Conveyor this many times and keeps the best rate of each, since the cores are shared
-# and noisy), BENCH_CONCURRENCY (100), BENCH_CONNS (64), BENCH_WRK_THREADS (2),
+# Conveyor, and (b)(c)(e) Conveyor then bare civetweb, this many times and keeps the best
+# rate of each, since the cores are shared and noisy), BENCH_CONCURRENCY (100), BENCH_CONNS (64), BENCH_WRK_THREADS (2),
 # BENCH_DURATION (10), BENCH_API_THREADS (64: civetweb serves one keep-alive connection
 # per thread, so fewer threads than connections leave connections waiting),
 # BENCH_SLEEP_JOBS (1000), BENCH_PHASES ("a b c d e f": the phases to run; b, c and e
@@ -332,9 +332,10 @@ wait_http() {
     done
 }
 
-# run_wrk NAME PID URL MODE — wrk against URL; stores R[NAME_rps|p50|p99|err|cpu].
+# run_wrk NAME PID URL MODE — wrk against URL. R[NAME_rps|p50|p99|cpu] hold the run with
+# the most requests/s of all rounds; R[NAME_err] adds up every round's errors.
 run_wrk() {
-    local name=$1 pid=$2 url=$3 mode=$4 line c0 c1 r0 r1
+    local name=$1 pid=$2 url=$3 mode=$4 line c0 c1 r0 r1 rps p50 p99 err cpu
     c0=$(cpu_s "$pid")
     r0=$(stats_begin)
     perf_start "$name" "$pid" $((DURATION > 3 ? DURATION - 2 : 1))
@@ -345,23 +346,27 @@ run_wrk() {
     line=$(grep '^WRK ' "$LOGS/wrk-$name.log") || return 1
     c1=$(cpu_s "$pid")
     r1=$(stats_end "$name")
-    R[${name}_rps]=$(printf '%.0f' "$(field rps "$line")")
-    R[${name}_p50]=$(awk -v u="$(field p50_us "$line")" 'BEGIN { printf "%.2f", u / 1000 }')
-    R[${name}_p99]=$(awk -v u="$(field p99_us "$line")" 'BEGIN { printf "%.2f", u / 1000 }')
-    R[${name}_err]=$(( $(field status_errors "$line") + $(field socket_errors "$line") ))
-    R[${name}_cpu]=$(cpu_split server "$c0" "$c1" "$r0" "$r1" "$(field requests "$line")" request)
-    say "$name: ${R[${name}_rps]} req/s p50 ${R[${name}_p50]} ms p99 ${R[${name}_p99]} ms, ${R[${name}_err]} errors (${R[${name}_cpu]})"
+    rps=$(printf '%.0f' "$(field rps "$line")")
+    p50=$(awk -v u="$(field p50_us "$line")" 'BEGIN { printf "%.2f", u / 1000 }')
+    p99=$(awk -v u="$(field p99_us "$line")" 'BEGIN { printf "%.2f", u / 1000 }')
+    err=$(( $(field status_errors "$line") + $(field socket_errors "$line") ))
+    cpu=$(cpu_split server "$c0" "$c1" "$r0" "$r1" "$(field requests "$line")" request)
+    R[${name}_err]=$(( ${R[${name}_err]:-0} + err ))
+    if [[ -z ${R[${name}_rps]:-} ]] || ((rps > R[${name}_rps])); then
+        R[${name}_rps]=$rps R[${name}_p50]=$p50 R[${name}_p99]=$p99 R[${name}_cpu]=$cpu
+    fi
+    say "$name: $rps req/s p50 $p50 ms p99 $p99 ms, $err errors ($cpu)"
 }
 
-# bench_user_auth PID JOB_ID — (e) the GET of (c) with an API key and with a JWT access
+# bench_user_auth PID JOB_ID ROUND — (e) the GET of (c) with an API key and with a JWT access
 # token of an admin user (who may read the operator's job): credential checks and the
 # rate limiter (limits set out of reach, still counted) on every request.
 bench_user_auth() {
-    local api=$1 id=$2 creds pw login jwt key saved=$BENCH_TOKEN
-    creds=$(CONVEYOR_REDIS_PREFIX=cvb "$BIN" users create --email "bench-$$@localhost" --admin \
+    local api=$1 id=$2 user="bench-$$-$3" creds pw login jwt key saved=$BENCH_TOKEN
+    creds=$(CONVEYOR_REDIS_PREFIX=cvb "$BIN" users create --email "$user@localhost" --admin \
         </dev/null 2>>"$LOGS/users.log") || { phase_fail e "conveyor users create failed"; return 0; }
     pw=$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).password)' "$creds")
-    login=$(printf '{"email":"bench-%s@localhost","password":"%s"}' "$$" "$pw" |
+    login=$(printf '{"email":"%s@localhost","password":"%s"}' "$user" "$pw" |
         curl -s --max-time 5 -H 'Content-Type: application/json' --data-binary @- \
             "http://127.0.0.1:$APORT/v1/auth/login")
     jwt=$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).accessToken || "")' "$login" 2>/dev/null) || jwt=''
@@ -384,6 +389,7 @@ bench_user_auth() {
     BENCH_TOKEN=$saved
 }
 
+# phase_http_conveyor ROUND — (b), (c) and (e) against one `conveyor api`.
 phase_http_conveyor() {
     local prefix=cvb api id code body auth post_ok=1
     auth=$TMP/auth.header # curl -H @file: the token stays off command lines
@@ -420,7 +426,7 @@ phase_http_conveyor() {
     if [[ -n $id ]]; then
         run_wrk c_conv "$api" "http://127.0.0.1:$APORT/v1/jobs/$id" get ||
             phase_fail c "wrk GET failed (logs/wrk-c_conv.log)"
-        bench_user_auth "$api" "$id"
+        bench_user_auth "$api" "$id" "$1"
     fi
     R[b_conv_jobs]=$(rcli zcard "$prefix:{default}:ready")
     { rcli slowlog get 20; rcli latency latest; rcli latency doctor; } >"$LOGS/slowlog-http.txt" 2>&1 || true
@@ -667,10 +673,12 @@ report() {
   keeps finished jobs until they are archived. No scheduler runs.
   CPU in the best rounds: Conveyor ${R[a_conv_cpu]:-n/a};
   BullMQ ${R[a_bull_cpu]:-n/a}.
-- (b)(c) wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s, keep-alive. conveyor api with
-  CONVEYOR_API_THREADS=$API_THREADS and no worker running (the POSTed jobs pile up:
-  ${R[b_conv_jobs]:-?} queued after (b)); GET reads one succeeded job from (a). Bare
-  civetweb: num_threads=$API_THREADS, tcp_nodelay=1, 200 with a 54-byte JSON body.
+- (b)(c)(e) best of $ROUNDS rounds (conveyor api, then bare civetweb, in each round;
+  p50/p99 and CPU are those of the best run). wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s,
+  keep-alive. conveyor api with CONVEYOR_API_THREADS=$API_THREADS and no worker running
+  (the POSTed jobs pile up: ${R[b_conv_jobs]:-?} queued after the last round); GET
+  reads one succeeded job from (a). Bare civetweb: num_threads=$API_THREADS,
+  tcp_nodelay=1, 200 with a 54-byte JSON body.
   CPU: POST api ${R[b_conv_cpu]:-n/a}; bare ${R[b_bare_cpu]:-n/a}.
   GET api ${R[c_conv_cpu]:-n/a}; bare ${R[c_bare_cpu]:-n/a}.
 - (d) VmRSS from /proc/PID/status, CONVEYOR_CONCURRENCY=$SLEEP_JOBS; "in flight" once
@@ -733,8 +741,11 @@ main() {
         done
     fi
     if want b || want c || want e; then
-        phase_http_conveyor || true
-        [[ -n $REF_SKIP ]] || phase_http_bare || true
+        for ((round = 1; round <= ROUNDS; round++)); do
+            say "(b)(c)(e) round $round of $ROUNDS"
+            phase_http_conveyor "$round" || true
+            [[ -n $REF_SKIP ]] || phase_http_bare || true
+        done
     fi
     if want d; then
         phase_rss_conveyor || true
