@@ -116,11 +116,12 @@ int api_models_list(api_req_t *r)
         json_t *providers = json_object_get(m, "providers"), *first = json_array_get(providers, 0);
         json_int_t in = json_integer_value(json_object_get(m, "inputPriceMicros"));
         json_int_t out = json_integer_value(json_object_get(m, "outputPriceMicros"));
-        json_t *names = json_array();
+        json_t *names;
         size_t i;
         json_t *p;
 
         if (!status || strcmp(status, "disabled") == 0) continue;
+        names = json_array();
         json_array_foreach(providers, i, p) json_array_append(names, json_object_get(p, "name"));
         json_array_append_new(
             data,
@@ -170,6 +171,7 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
         "response_format", "logit_bias", "async", NULL};
     static const char *const roles[] = {"system", "user", "assistant", "tool", "developer", NULL};
     static const char *const message_keys[] = {"role", "content", "name", "tool_call_id", NULL};
+    static const char *const part_keys[] = {"type", "text", NULL};
     const char *key;
     json_t *v, *msgs = json_object_get(body, "messages");
     size_t i;
@@ -197,10 +199,19 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
             BAD("messages", "messages[%zu].role must be system, user, assistant, tool or developer", i);
         if ((key = api_json_unknown_key(v, message_keys)))
             BAD("messages", "messages[%zu] has an unknown field '%s'", i, key);
+        for (int f = 0; f < 2; f++) {
+            const char *name = f ? "tool_call_id" : "name";
+            json_t *x = json_object_get(v, name);
+            if (x && !json_is_string(x)) BAD("messages", "messages[%zu].%s must be a string", i, name);
+        }
         if (json_is_array(content)) {
             json_array_foreach(content, k, part) {
-                if (!json_is_string(json_object_get(part, "text")))
-                    BAD("messages", "messages[%zu].content[%zu] must be a text part", i, k);
+                const char *type = json_string_value(json_object_get(part, "type"));
+                if (!json_is_object(part) || !type || strcmp(type, "text") != 0 ||
+                    !json_is_string(json_object_get(part, "text")) ||
+                    api_json_unknown_key(part, part_keys))
+                    BAD("messages", "messages[%zu].content[%zu] must be a text part "
+                                    "{\"type\": \"text\", \"text\": string}", i, k);
             }
         } else if (!json_is_string(content)) {
             BAD("messages", "messages[%zu].content must be a string", i);
@@ -229,17 +240,51 @@ static int check_request(const json_t *body, const json_t *model, char *field, s
         if ((v = json_object_get(body, name)) && !number_in(v, -2, 2))
             BAD(name, "%s must be a number from -2 to 2", name);
     }
-    if ((v = json_object_get(body, "stop")) && !json_is_string(v) &&
-        !(json_is_array(v) && json_array_size(v) <= 4))
-        BAD("stop", "stop must be a string or up to 4 strings");
+    if ((v = json_object_get(body, "stop")) && !json_is_string(v)) {
+        json_t *s;
+        if (!json_is_array(v) || json_array_size(v) > 4) BAD("stop", "stop must be a string or up to 4 strings");
+        json_array_foreach(v, i, s) {
+            if (!json_is_string(s)) BAD("stop", "stop must be a string or up to 4 strings");
+        }
+    }
     if ((v = json_object_get(body, "user")) && !json_is_string(v))
         BAD("user", "user must be a string");
     if ((v = json_object_get(body, "seed")) && !json_is_integer(v))
         BAD("seed", "seed must be an integer");
     if ((v = json_object_get(body, "async")) && !json_is_boolean(v))
         BAD("async", "async must be a boolean");
+    if ((v = json_object_get(body, "response_format")) &&
+        !(json_is_object(v) && json_is_string(json_object_get(v, "type"))))
+        BAD("response_format", "response_format must be an object with a type");
+    if ((v = json_object_get(body, "logit_bias"))) {
+        json_t *bias;
+        if (!json_is_object(v)) BAD("logit_bias", "logit_bias must be an object of token ids to numbers");
+        json_object_foreach(v, key, bias) {
+            if (!number_in(bias, -100, 100))
+                BAD("logit_bias", "logit_bias values must be numbers from -100 to 100");
+        }
+    }
 #undef BAD
     return 0;
+}
+
+/* The model called id if it exists and is not disabled (a new reference), or NULL:
+ * *readable says whether the catalog could be read. */
+static json_t *usable_model(api_req_t *r, const char *id, int *readable)
+{
+    json_t *m = api_ai_model(r, id, readable);
+    const char *status = json_string_value(json_object_get(m, "status"));
+    if (m && (!status || strcmp(status, "disabled") == 0)) {
+        json_decref(m);
+        m = NULL;
+    }
+    return m;
+}
+
+static int catalog_unavailable(api_req_t *r)
+{
+    return api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
+                     "the model catalog is unavailable; try again shortly");
 }
 
 /* The model named by body's "model" (a new reference), or NULL after sending 400/404/503. */
@@ -250,19 +295,39 @@ static json_t *find_model(api_req_t *r, const json_t *body, const char *field)
     json_t *m;
 
     if (!id || !*id) return bad(r, field, "%s must be a model id (see GET /v1/models)", field), NULL;
-    m = api_ai_model(r, id, &readable);
-    if (!readable) {
-        api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
-                  "the model catalog is unavailable; try again shortly");
-        return NULL;
-    }
-    if (!m || strcmp(json_string_value(json_object_get(m, "status")), "disabled") == 0) {
-        json_decref(m);
-        api_error(r, 404, "NOT_FOUND", json_pack("{s:s,s:s}", "field", field, "param", field),
-                  NULL, "the model '%s' does not exist", id);
-        return NULL;
+    if (!(m = usable_model(r, id, &readable))) {
+        if (!readable)
+            catalog_unavailable(r);
+        else
+            api_error(r, 404, "NOT_FOUND", json_pack("{s:s,s:s}", "field", field, "param", field),
+                      NULL, "the model '%s' does not exist", id);
     }
     return m;
+}
+
+int api_ai_check_job(api_req_t *r, const json_t *input)
+{
+    const char *id = json_string_value(json_object_get(input, "model"));
+    const json_t *req = json_object_get(input, "request");
+    char field[64], msg[256];
+    int readable, st = 0;
+    json_t *m = id ? usable_model(r, id, &readable) : NULL;
+
+    if (!id || !json_is_object(req)) { /* the type's own check has refused it already */
+        st = api_field_error(r, "input", "input must be {model, request}");
+    } else if (!m) {
+        st = readable ? api_field_error(r, "input.model", "the model '%s' does not exist", id)
+                      : catalog_unavailable(r);
+    } else if (json_object_get(req, "async")) {
+        st = api_field_error(r, "input.request.async",
+                             "async is not a chat request field (the job is asynchronous)");
+    } else if (check_request(req, m, field, sizeof(field), msg, sizeof(msg)) != 0) {
+        char where[96];
+        snprintf(where, sizeof(where), "input.request.%s", field);
+        st = api_field_error(r, where, "%s", msg);
+    }
+    json_decref(m);
+    return st;
 }
 
 /* 1 if the caller asked for an asynchronous answer. */

@@ -19,6 +19,12 @@ int api_models_list(api_req_t *r);
  * NULL: *found says whether the catalog could be read (0: 503) or the model is unknown. */
 json_t *api_ai_model(api_req_t *r, const char *id, int *readable);
 
+/* POST /v1/jobs of type ai.chat: input {model, request} checked as POST
+ * /v1/chat/completions checks its body (the model exists and is not disabled, the
+ * request is one the model takes). Returns 0, or the status sent: 422 naming the field
+ * (input.model, input.request.<field>), 503 when the catalog cannot be read. */
+int api_ai_check_job(api_req_t *r, const json_t *input);
+
 /* POST /v1/chat/completions: OpenAI-compatible; synchronous (the front waits on an
  * ai.chat job, up to CONVEYOR_MAX_WAIT_SECONDS, then 202) unless `Prefer: respond-async`
  * or "async": true (202 + Location at once). stream:true is refused (400). */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/ai.h"
 #include "api/archive.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -336,6 +337,8 @@ int api_jobs_create(api_req_t *r)
         st = api_field_error(r, field, "%s", msg);
         goto out;
     }
+    /* a provider call costs money: the same checks as POST /v1/chat/completions */
+    if (strcmp(spec.type, "ai.chat") == 0 && (st = api_ai_check_job(r, spec.input)) != 0) goto out;
     if (spec.input && !(input = json_dumps(spec.input, JSON_COMPACT))) goto fail_oom;
     if (key) {
         if (!(canon = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT))) goto fail_oom;

@@ -304,10 +304,11 @@ static void begin(ai_call_t *c)
     json_t *req;
 
     c->model = json_incref(json_object_get(ai.catalog, id));
-    if (!c->model) {
+    const char *status = json_string_value(json_object_get(c->model, "status"));
+    if (!c->model || !status || strcmp(status, "disabled") == 0) {
         char msg[200];
-        snprintf(msg, sizeof(msg), "unknown model '%s'", id);
-        fail(c, "MODEL_NOT_FOUND", msg, 0, -1);
+        snprintf(msg, sizeof(msg), "%s model '%s'", c->model ? "disabled" : "unknown", id);
+        fail(c, c->model ? "MODEL_DISABLED" : "MODEL_NOT_FOUND", msg, 0, -1);
         return;
     }
     req = json_deep_copy(json_object_get(in, "request"));

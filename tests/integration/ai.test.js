@@ -299,6 +299,14 @@ test('bad requests get a 4xx before any job: unknown model, no messages, wrong r
       [chat('x', { stream: true }), 400, 'INVALID_REQUEST', 'stream'],
       [chat('x', { n: 2 }), 400, 'INVALID_REQUEST', 'n'],
       [chat('x', { wat: 1 }), 400, 'INVALID_REQUEST', 'wat'],
+      [chat('x', { stop: ['end', 1] }), 400, 'INVALID_REQUEST', 'stop'],
+      [chat('x', { response_format: 'json' }), 400, 'INVALID_REQUEST', 'response_format'],
+      [chat('x', { logit_bias: { 50256: 'never' } }), 400, 'INVALID_REQUEST', 'logit_bias'],
+      [{ model: 'm1', messages: [{ role: 'user', content: 'x', name: 5 }] }, 400, 'INVALID_REQUEST', 'messages'],
+      [{ model: 'm1', messages: [{ role: 'tool', content: 'x', tool_call_id: {} }] }, 400, 'INVALID_REQUEST', 'messages'],
+      [{ model: 'm1', messages: [{ role: 'user', content: [{ type: 'image_url', text: 'x' }] }] }, 400, 'INVALID_REQUEST', 'messages'],
+      [{ model: 'm1', messages: [{ role: 'user', content: [{ type: 'text', text: 'x', extra: 1 }] }] }, 400, 'INVALID_REQUEST', 'messages'],
+      [{ model: 'm1', messages: [{ role: 'user', content: ['x'] }] }, 400, 'INVALID_REQUEST', 'messages'],
       [{ messages: chat('x').messages }, 400, 'INVALID_REQUEST', 'model'],
     ];
     for (const [body, status, code, field] of cases) {
@@ -307,6 +315,52 @@ test('bad requests get a 4xx before any job: unknown model, no messages, wrong r
     const { items } = await s.listAll();
     assert.equal(items.length, 0, 'no job was created');
     assert.equal((await p.stats()).requests, 0, 'the provider was not called');
+  }));
+
+test('POST /v1/jobs of type ai.chat gets the checks of /v1/chat/completions: no disabled or unknown model, no request the model refuses; a good one runs',
+  { timeout: 60000 }, () => withAi({
+    models: (p) => ({ providers: [provider('p1', p.url)],
+      models: [model('m1', ['p1']), model('m-off', ['p1'], { status: 'disabled' })] }),
+  }, async (s, p) => {
+    const job = (input) => ({ type: 'ai.chat', input });
+    const req = (extra = {}) => ({ messages: [{ role: 'user', content: 'hi there' }], ...extra });
+    const cases = [
+      [{ model: 'm-off', request: req() }, 'input.model'],
+      [{ model: 'nope', request: req() }, 'input.model'],
+      [{ model: 'm1', request: req({ max_tokens: 100000000 }) }, 'input.request.max_tokens'],
+      [{ model: 'm1', request: req({ stream: true }) }, 'input.request.stream'],
+      [{ model: 'm1', request: req({ n: 50 }) }, 'input.request.n'],
+      [{ model: 'm1', request: req({ tools: [{ x: 1 }] }) }, 'input.request.tools'],
+      [{ model: 'm1', request: req({ async: true }) }, 'input.request.async'],
+      [{ model: 'm1', request: { messages: [] } }, 'input.request.messages'],
+      [{ model: 'm1', request: req({ stop: [1] }) }, 'input.request.stop'],
+    ];
+    for (const [input, field] of cases) {
+      assertError(assert, await s.api('POST', '/v1/jobs', { body: job(input) }), 422,
+        'VALIDATION_ERROR', field);
+    }
+    assert.equal((await s.listAll()).items.length, 0, 'no job was created');
+    assert.equal((await p.stats()).requests, 0, 'the provider was not called');
+
+    const models = await s.api('GET', '/v1/models');
+    assert.equal(models.status, 200, models.text);
+    assert.deepEqual(models.json.data.map((m) => m.id), ['m1'], 'a disabled model is not listed');
+
+    const ok = await s.api('POST', '/v1/jobs', { body: job({ model: 'm1', request: req({ max_tokens: 20 }) }) });
+    assert.equal(ok.status, 202, ok.text);
+    const done = await s.waitStatus(ok.json.id, ['succeeded', 'failed', 'dead']);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+    assert.equal(done.result.choices[0].message.content, 'Echo: hi there');
+
+    // a job that names a disabled model some other way (the CLI, or disabled since):
+    // the worker refuses it without calling the provider
+    const cli = await s.cli(['enqueue', 'ai.chat', JSON.stringify({ model: 'm-off', request: req() })]);
+    assert.equal(cli.code, 0, cli.stderr);
+    const off = await s.waitStatus(cli.stdout.trim(), ['failed', 'dead', 'succeeded']);
+    assert.equal(off.status, 'failed');
+    assert.equal(off.error.code, 'MODEL_DISABLED');
+    assert.equal(off.attempt, 1, 'not retried');
+    assert.equal((await p.stats()).requests, 1, 'only the good job reached the provider');
   }));
 
 test('the official OpenAI client (npm openai@4) works unmodified: completion, models.list, errors',
