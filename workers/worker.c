@@ -420,6 +420,11 @@ static void take(wk_worker_t *w, const char *queue, const q_fetched_t *f)
         LOG_JOB_ERR(f->id, "out of memory: left to its lease expiry");
         return;
     }
+    if (w->nrun >= w->concurrency) { /* more than asked for: never (see on_fetched) */
+        LOG_JOB_ERR(f->id, "fetched beyond the concurrency: left to its lease expiry");
+        job_put(w, job);
+        return;
+    }
     memcpy(job->id, f->id, sizeof(job->id));
     job->token = f->token;
     job->attempt = f->attempt;
@@ -538,18 +543,25 @@ static void on_fetched(wk_redis_t *r, redisReply *reply, void *data)
     q_argv_free(ft->cmd);
     ft->cmd = NULL;
     w->nfetch--;
-    w->asked -= ft->n;
     if (!reply) { /* leased jobs in a lost reply come back after their lease */
+        w->asked -= ft->n;
         check_stopped(w);
         return;
     }
     if ((rc = q_parse_fetch(reply, &f, &n)) != 0)
         LOG_ERR("fetch from queue %s failed: %s", queue,
                 reply->type == REDIS_REPLY_ERROR ? reply->str : q_strerror(rc));
+    /* Slots not filled are free again; a filled one stays asked for until its job is
+     * taken: a job that ends within take() fetches again, and the rest of the batch
+     * must not look like free slots then. */
+    w->asked -= ft->n - (n < ft->n ? n : ft->n);
     /* The batch's completions are sent after the next fetch, so Redis runs that fetch
      * first and we take its jobs while it records these. */
     w->holding = 1;
-    for (int i = 0; i < n; i++) take(w, queue, &f[i]);
+    for (int i = 0; i < n; i++) {
+        if (w->asked > 0) w->asked--;
+        take(w, queue, &f[i]);
+    }
     w->holding = 0;
     q_fetched_free(f, n);
     if (w->phase == PH_RUNNING) {

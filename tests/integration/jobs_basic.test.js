@@ -2,7 +2,7 @@
 // Enqueue → run → succeeded, the job JSON, aliases, operations endpoints, priorities.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { withStack, waitFor, ID_RE } = require('./lib/stack');
+const { withStack, waitFor, sleep, ID_RE } = require('./lib/stack');
 
 const RFC3339_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/;
 
@@ -148,6 +148,28 @@ test('CONVEYOR_CONCURRENCY=2: a worker never runs more than 2 jobs at once',
     assert.equal(most, 2, `at most 2 running at a time, saw ${most}`);
     // the leases in Redis tell the same
     assert.equal(await s.redis('ZCARD', s.queueKey('default', 'working')), '0');
+  }));
+
+test('CONVEYOR_CONCURRENCY=4: a job that ends at once inside a fetched batch does not let the worker fetch past its concurrency',
+  { timeout: 60000 }, () => withStack({ workers: 0 }, async (s) => {
+    // The noop (priority 9) comes first in the worker's first batch and ends within it;
+    // the rest of that batch must still count as taken slots.
+    const quick = (await s.enqueueJob({ type: 'noop', input: {}, priority: 9 })).id;
+    const slow = await s.enqueueMany(8, { type: 'sleep', input: { ms: 4000 }, priority: 5 },
+      { parallel: 1 });
+    s.startWorker({ CONVEYOR_CONCURRENCY: '4' });
+    await s.waitStatus(quick, 'succeeded');
+    let most = 0;
+    const until = Date.now() + 2000; // within the first sleeps' 4 s
+    while (Date.now() < until) {
+      most = Math.max(most, Number(await s.redis('ZCARD', s.queueKey('default', 'working'))));
+      await sleep(20);
+    }
+    assert.equal(most, 4, `at most 4 leased at a time, saw ${most}`);
+    const running = (await Promise.all(slow.map((id) => s.job(id))))
+      .filter((j) => j.status === 'running').length;
+    assert.equal(running, 4, `4 sleeps running, saw ${running}`);
+    await s.waitAll(slow, 'succeeded', { timeout: 30000 });
   }));
 
 test('weighted queues: a busy queue does not starve another (both served as they fill)',
