@@ -1,10 +1,12 @@
 /* api/ai.c — the AI catalog and GET /v1/models. */
 #include "api/ai.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/jobs.h"
 #include "common/config.h"
@@ -28,17 +30,26 @@ static const char catalog_sql[] =
     "   JOIN ai_providers p ON p.name = o.name))), '{}') "
     "FROM ai_models m";
 
+#define RETRY_MS 1000 /* after a failed read, the next one no sooner than this */
+#define FIRST_WAIT_S 1 /* how long a request waits for another's first read */
+
+/* One thread reads the catalog at a time, without the lock: the others go on with the
+ * copy they have (or, before the first read, wait up to FIRST_WAIT_S for it), so a slow
+ * or absent PostgreSQL holds up one request thread, not all of them. */
 static struct {
     pthread_mutex_t lock;
-    json_t *models; /* id -> entry */
-    int64_t loaded_ms;
+    pthread_cond_t read; /* a read ended */
+    json_t *models;      /* id -> entry */
+    int64_t next_ms;     /* read again from then on */
+    int reading;
+    /* the reading thread's alone: */
     unsigned char published[32]; /* SHA-256 of the text last handed to the workers */
     int64_t published_ms;
-} cat = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} cat = {.lock = PTHREAD_MUTEX_INITIALIZER, .read = PTHREAD_COND_INITIALIZER};
 
 /* Hands the catalog to the workers (P ai:catalog: they read it there, see
  * workers/types_ai.c), when it changed. A failure is logged: they keep the copy they
- * have. Called with cat.lock held. */
+ * have. Called by the reading thread. */
 static void publish(api_req_t *r, const char *text, int64_t now)
 {
     char key[160];
@@ -60,30 +71,52 @@ static void publish(api_req_t *r, const char *text, int64_t now)
     freeReplyObject(x);
 }
 
+/* The catalog read from PostgreSQL (and published), or NULL. */
+static json_t *read_catalog(api_req_t *r, int64_t now)
+{
+    PGconn *pg = cm_pg_acquire(r->pg, ACQUIRE_MS);
+    PGresult *res = pg ? PQexec(pg, catalog_sql) : NULL;
+    json_t *m = NULL;
+
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        if ((m = json_loads(PQgetvalue(res, 0, 0), 0, NULL))) publish(r, PQgetvalue(res, 0, 0), now);
+    } else if (pg) {
+        LOG_REQ_ERR(r->request_id, "reading the AI catalog: %s", PQerrorMessage(pg));
+    } else {
+        LOG_REQ_ERR(r->request_id, "reading the AI catalog: no database connection");
+    }
+    PQclear(res);
+    if (pg) cm_pg_release(r->pg, pg);
+    return m;
+}
+
 /* The catalog (a new reference), read again when older than the TTL; NULL when it
  * cannot be read and none was ever read. */
 static json_t *catalog(api_req_t *r)
 {
-    json_t *out = NULL;
     int64_t now = cm_mono_ms();
+    json_t *out;
 
     pthread_mutex_lock(&cat.lock);
-    if (!cat.models || now - cat.loaded_ms >= API_AI_CATALOG_TTL_MS) {
-        PGconn *pg = cm_pg_acquire(r->pg, ACQUIRE_MS);
-        PGresult *res = pg ? PQexec(pg, catalog_sql) : NULL;
-        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-            json_t *m = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-            if (m) {
-                json_decref(cat.models);
-                cat.models = m;
-                cat.loaded_ms = now;
-                publish(r, PQgetvalue(res, 0, 0), now);
-            }
-        } else if (pg) {
-            LOG_REQ_ERR(r->request_id, "reading the AI catalog: %s", PQerrorMessage(pg));
+    if (now >= cat.next_ms && !cat.reading) {
+        cat.reading = 1;
+        pthread_mutex_unlock(&cat.lock);
+        json_t *m = read_catalog(r, now);
+        pthread_mutex_lock(&cat.lock);
+        cat.reading = 0;
+        if (m) {
+            json_decref(cat.models);
+            cat.models = m;
         }
-        PQclear(res);
-        if (pg) cm_pg_release(r->pg, pg);
+        cat.next_ms = now + (m ? API_AI_CATALOG_TTL_MS : RETRY_MS);
+        pthread_cond_broadcast(&cat.read);
+    }
+    if (!cat.models && cat.reading) { /* the first read: wait for it, a while */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += FIRST_WAIT_S;
+        while (!cat.models && cat.reading)
+            if (pthread_cond_timedwait(&cat.read, &cat.lock, &until) == ETIMEDOUT) break;
     }
     out = json_incref(cat.models); /* a stale catalog beats none while PostgreSQL is away */
     pthread_mutex_unlock(&cat.lock);

@@ -8,6 +8,7 @@ const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { withStack, waitFor, sleep, assertError } = require('./lib/stack');
@@ -361,6 +362,33 @@ test('POST /v1/jobs of type ai.chat gets the checks of /v1/chat/completions: no 
     assert.equal(off.error.code, 'MODEL_DISABLED');
     assert.equal(off.attempt, 1, 'not retried');
     assert.equal((await p.stats()).requests, 1, 'only the good job reached the provider');
+  }));
+
+test('a database that never answers holds up one request thread, not the api: /v1/models answers 503 at once while jobs still go in',
+  { timeout: 90000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const held = [];
+    const hole = net.createServer((sock) => { held.push(sock); }); // accepts, never answers
+    await new Promise((resolve) => hole.listen(0, '127.0.0.1', resolve));
+    try {
+      const api = await s.startExtraApi({
+        CONVEYOR_DATABASE_URL: `host=127.0.0.1 port=${hole.address().port} dbname=x user=x` });
+      // more catalog reads at once than the api has request threads (32); one of them
+      // waits on the database (connect timeout 5 s), the others answer 503
+      const models = Promise.allSettled(Array.from({ length: 40 },
+        () => api.api('GET', '/v1/models', { timeoutMs: 30000 })));
+      await sleep(300);
+      const post = await api.api('POST', '/v1/jobs',
+        { body: { type: 'noop', input: {} }, timeoutMs: 10000 });
+      assert.equal(post.status, 202, post.text);
+      for (const r of await models) {
+        assert.equal(r.status, 'fulfilled', String(r.reason));
+        assertError(assert, r.value, 503, 'SERVICE_UNAVAILABLE');
+      }
+      assert.ok(held.length >= 1, 'the catalog read went to the database');
+    } finally {
+      for (const c of held) c.destroy();
+      await new Promise((resolve) => hole.close(resolve));
+    }
   }));
 
 test('the official OpenAI client (npm openai@4) works unmodified: completion, models.list, errors',

@@ -411,10 +411,10 @@ class Stack {
   // Starts one `conveyor api` process (log name `name`) on a free port and waits for its
   // GET /healthz; returns {port, proc}. A port taken meanwhile by another program makes
   // the api exit: then it tries another port (3 tries).
-  async launchApi(name) {
+  async launchApi(name, extraEnv = {}) {
     for (let attempt = 1; ; attempt++) {
       const port = await freePort();
-      const proc = this.spawn('api', name, { CONVEYOR_LISTEN: `127.0.0.1:${port}` });
+      const proc = this.spawn('api', name, { ...extraEnv, CONVEYOR_LISTEN: `127.0.0.1:${port}` });
       try {
         await waitFor(async () => {
           if (!proc.alive) {
@@ -441,12 +441,13 @@ class Stack {
   }
 
   // Starts one more `conveyor api` process on its own port, sharing this stack's Redis
-  // prefix and PostgreSQL schema (so its rate-limit counters and revocations too).
-  // Returns {port, proc, api(method, path, opts)} with api() as Stack.api but sent to
-  // that process. stop() stops it with the others.
-  async startExtraApi() {
+  // prefix and PostgreSQL schema (so its rate-limit counters and revocations too), with
+  // extraEnv on top of the stack's environment. Returns {port, proc, api(method, path,
+  // opts)} with api() as Stack.api but sent to that process. stop() stops it with the
+  // others.
+  async startExtraApi(extraEnv = {}) {
     const n = this.extraApis.length + 1;
-    const { port, proc } = await this.launchApi(`api ${n}`);
+    const { port, proc } = await this.launchApi(`api ${n}`, extraEnv);
     const extra = {
       port,
       proc,
