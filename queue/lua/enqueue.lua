@@ -70,6 +70,10 @@ local function enqueue(k, a)
     markers[KEYS[k + 4]] = true
   end
   if created ~= now_s then redis.call('HSET', jk, 'updated', now_s) end
+  -- A restored job's leases take tokens above any of its earlier life (a worker that
+  -- held one then may still send its outcome): that life's tokens counted up from 0, or
+  -- from an earlier restore's time, never near 1000 per millisecond.
+  if ARGV[a + 12] == '1' then redis.call('HSET', jk, 'token', string.format('%d', now * 1000)) end
   if ARGV[a + 11] ~= '' then redis.call('HSET', jk, 'history', ARGV[a + 11]) end
   add(KEYS[k + 5], created, id)
   if not registered[queue] then

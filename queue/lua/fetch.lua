@@ -6,7 +6,8 @@
 -- A job's "updated" is the latest of its updated, started and finished fields (readers
 -- take the maximum), so a lease and a success write only started or finished.
 -- Numbers go to Redis as strings made once per call: Redis 7.0 formats every Lua number
--- argument with "%.17g", which cost more than the rest of a lease.
+-- argument with "%.17g", which cost more than the rest of a lease. Tokens go with '%d':
+-- a restored job's are near 2^51 (see enqueue.lua), where tostring would round.
 local t = redis.call('TIME')
 local now = t[1] .. string.sub('00000' .. t[2], -6, -4)
 local lease_until = tostring(tonumber(now) + tonumber(ARGV[3]))
@@ -21,7 +22,7 @@ for i = 1, #popped, 2 do
   if cur[1] == 'queued' then
     local tok = (tonumber(cur[3]) or 0) + 1
     local att = (tonumber(cur[4]) or 0) + 1
-    redis.call('HSET', jk, 'status', 'running', 'token', NEXT[tok] or tostring(tok),
+    redis.call('HSET', jk, 'status', 'running', 'token', NEXT[tok] or string.format('%d', tok),
       'attempt', NEXT[att] or tostring(att), 'worker', ARGV[4], 'started', now)
     leases[#leases + 1] = lease_until
     leases[#leases + 1] = id

@@ -91,6 +91,36 @@ test('enqueue under an id Redis holds (a restore racing another) leaves the live
   assert.equal(raw('ZSCORE', f.q('ready'), f.id), '', 'not queued a second time');
 });
 
+test('a job restored under its own id leases with tokens above those of its earlier life', () => {
+  const f = fixture();
+  const fetchOne = () => raw('EVAL', lua('fetch'), '5', f.q('ready'), f.q('working'), f.q('marker'),
+    f.q('dead'), `${f.P}done`, f.P, '1', '60000', 'w1', 'default').split('\n');
+  const finish = (token) => raw('EVAL', lua('finish'), '5', f.q('working'), f.q('scheduled'),
+    f.q('dead'), `${f.P}done`, f.q('stats'), f.P, `${f.P}ch:done`, f.id, token, 'succeeded', '{}', '0');
+  // first life: leased with token 1, then reclaimed twice (tokens 2 and 3)
+  raw('EVAL', lua('enqueue'), '8', ...enqKeys(f, f.id, '-'), ...enqArgs(f.id));
+  assert.deepEqual(fetchOne().slice(0, 2), [f.id, '1']);
+  raw('HINCRBY', f.job, 'token', '2');
+  // archived and gone from Redis; then retried by hand: restored under its id
+  raw('DEL', f.job);
+  raw('ZREM', f.q('working'), f.id);
+  assert.match(cli('EVAL', lua('enqueue'), '8', ...enqKeys(f, f.id, '-'),
+    ...enqArgs(f.id, { created: '1000', restore: '1' })), /created/);
+  const [id, token] = fetchOne();
+  assert.equal(id, f.id);
+  assert.match(token, /^\d+$/);
+  assert.ok(BigInt(token) > 3n, `token ${token} is above the first life's`);
+  assert.equal(raw('HGET', f.job, 'token'), token, 'the record holds the token the worker got, digit for digit');
+  for (const old of ['1', '2', '3']) assert.equal(finish(old), 'stale', `token ${old} of the first life`);
+  assert.equal(raw('HGET', f.job, 'status'), 'running');
+  assert.equal(finish(token), 'succeeded');
+  // a second restore starts above the first one's tokens
+  raw('DEL', f.job);
+  cli('EVAL', lua('enqueue'), '8', ...enqKeys(f, f.id, '-'), ...enqArgs(f.id, { created: '1000', restore: '1' }));
+  const [, token2] = fetchOne();
+  assert.ok(BigInt(token2) > BigInt(token), `${token2} > ${token}`);
+});
+
 test('enqueue of several jobs in one call: queued in order, scheduled, one idempotency key', () => {
   const f = fixture();
   const ids = [0, 1, 2, 3].map((i) => `${f.id.slice(0, -1)}${i}`);
