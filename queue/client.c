@@ -575,29 +575,36 @@ int q_owner_page(q_conn_t *c, const char *owner, int64_t before_ms, const char *
                  int max, char (*ids)[Q_ID_SIZE], int64_t *created_ms)
 {
     char maxs[32];
-    int n = 0;
+    int n = 0, offset = 0, chunk = max + 64;
     if (before_ms > 0) snprintf(maxs, sizeof(maxs), "%lld", (long long)before_ms);
     else snprintf(maxs, sizeof(maxs), "+inf");
-    /* Entries at before_ms with ids >= before_id were on earlier pages: ask for a few
-     * more and skip them. Ties at one millisecond are rare and bounded by the page. */
-    redisReply *r = q_command(c, "ZREVRANGEBYSCORE %sowner:%s %s -inf WITHSCORES LIMIT 0 %d",
-                              c->prefix, owner, maxs, max + 64);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
+    /* Entries at before_ms with ids >= before_id were on earlier pages; they come first
+     * (equal scores go by member, descending here): skip them, reading on past as many
+     * as there are (a batch of enqueues shares one creation time). */
+    for (;;) {
+        redisReply *r = q_command(c, "ZREVRANGEBYSCORE %sowner:%s %s -inf WITHSCORES LIMIT %d %d",
+                                  c->prefix, owner, maxs, offset, chunk);
+        if (!r || r->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            return Q_EREDIS;
+        }
+        size_t got = r->elements / 2;
+        for (size_t i = 0; i + 1 < r->elements && n < max; i += 2) {
+            const redisReply *m = r->element[i], *s = r->element[i + 1];
+            if (m->type != REDIS_REPLY_STRING || m->len >= Q_ID_SIZE ||
+                s->type != REDIS_REPLY_STRING)
+                continue;
+            int64_t t = strtoll(s->str, NULL, 10);
+            if (before_ms > 0 && before_id && t == before_ms && strcmp(m->str, before_id) >= 0)
+                continue;
+            memcpy(ids[n], m->str, m->len);
+            ids[n][m->len] = '\0';
+            created_ms[n++] = t;
+        }
         freeReplyObject(r);
-        return Q_EREDIS;
+        if (n >= max || got < (size_t)chunk) return n;
+        offset += (int)got;
     }
-    for (size_t i = 0; i + 1 < r->elements && n < max; i += 2) {
-        const redisReply *m = r->element[i], *s = r->element[i + 1];
-        if (m->type != REDIS_REPLY_STRING || m->len >= Q_ID_SIZE) continue;
-        int64_t t = strtoll(s->str, NULL, 10);
-        if (before_ms > 0 && before_id && t == before_ms && strcmp(m->str, before_id) >= 0)
-            continue;
-        memcpy(ids[n], m->str, m->len);
-        ids[n][m->len] = '\0';
-        created_ms[n++] = t;
-    }
-    freeReplyObject(r);
-    return n;
 }
 
 void q_names_free(char **names, int n)

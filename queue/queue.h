@@ -226,10 +226,11 @@ int q_cancel(q_conn_t *c, const char *id, char *result);
  * Redis), Q_ECONFLICT (*status_out gets its status, >= 32 bytes), Q_EREDIS. */
 int q_retry(q_conn_t *c, const char *id, char *status_out);
 
-/* The owner's jobs created at or before before_ms (0: now) newest first, skipping those
- * equal to (before_ms, before_id) and earlier ids at that time. Writes up to max ids into
- * ids (each Q_ID_SIZE) and their creation times into created_ms. Returns the count or
- * Q_EREDIS. */
+/* The owner's jobs created at or before before_ms (0: now) newest first (at one time,
+ * greater ids first), after the cursor (before_ms, before_id): the cursor's job and those
+ * listed before it are skipped. Writes up to max ids into ids (each Q_ID_SIZE) and their
+ * creation times into created_ms. Returns the count (under max only where the index
+ * ends) or Q_EREDIS. */
 int q_owner_page(q_conn_t *c, const char *owner, int64_t before_ms, const char *before_id,
                  int max, char (*ids)[Q_ID_SIZE], int64_t *created_ms);
 

@@ -68,6 +68,19 @@ test('archive: an archived dead job can still be retried by hand',
     assert.equal(items[0].status, 'dead');
   }));
 
+test('listing: 256 jobs created in the same millisecond (one enqueue call), in pages of 100 and of 20, each once',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const r = await s.cli(['enqueue', 'noop', '{}', '--count', '256']);
+    assert.equal(r.code, 0, r.stderr);
+    for (const [limit, npages] of [[100, 3], [20, 13]]) {
+      const { items, pages } = await s.listAll(`limit=${limit}`);
+      assert.equal(new Set(items.map((j) => j.createdAt)).size, 1, 'one creation time for all');
+      assert.equal(items.length, 256, `pages of ${limit}: listed ${items.length} of 256`);
+      assert.equal(new Set(items.map((j) => j.id)).size, 256, 'each once');
+      assert.equal(pages.length, npages);
+    }
+  }));
+
 test('listing: 30 jobs in pages of 10 via cursor, newest first, each once; status and type filters',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const ids = [];
