@@ -26,6 +26,7 @@
 #include "workers/worker.h"
 
 #define FETCH_MAX 256 /* jobs asked for by one fetch */
+#define RESEND_MS 250 /* completions Redis refused for now go again after this */
 #define FETCH_DEPTH 2 /* fetches outstanding at once */
 #define WAIT_S 2      /* how long to block on the markers when every queue is empty */
 #define WEIGHT_MAX 1000
@@ -83,6 +84,7 @@ struct wk_worker {
     wk_job_t *blocked, **blocked_tail; /* completions not sent yet */
     int holding;                       /* taking a batch: completions wait in blocked */
     uv_timer_t heartbeat, stop_timer;
+    uv_timer_t resend; /* sends again the completions Redis refused for a while */
     uv_signal_t sigterm, sigint;
     uint64_t rng;
 };
@@ -294,6 +296,34 @@ static void flush_blocked(wk_worker_t *w)
     }
 }
 
+static void on_resend(uv_timer_t *t) { flush_blocked(t->data); }
+
+/* 1 if reply is an error Redis gives while it cannot take writes for a while (loading
+ * its data, a script running long, a replica not yet promoted, out of memory, a failed
+ * save): the completion is kept and sent again, not dropped. */
+static int refused_for_now(const redisReply *reply)
+{
+    static const char *const codes[] = {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY",
+                                        "MISCONF", "OOM", "CLUSTERDOWN", "NOREPLICAS", NULL};
+    if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str) return 0;
+    for (int i = 0; codes[i]; i++) {
+        size_t n = strlen(codes[i]);
+        if (strncmp(reply->str, codes[i], n) == 0 && (reply->str[n] == ' ' || !reply->str[n]))
+            return 1;
+    }
+    return 0;
+}
+
+/* Keeps the completion of job that Redis refused for now; sends it again soon. */
+static void hold(wk_worker_t *w, wk_job_t *job, const redisReply *reply)
+{
+    block(w, job);
+    if (uv_is_active((uv_handle_t *)&w->resend)) return; /* one line per round */
+    LOG_JOB_WARN(job->id, "Redis refused outcomes for now (%.60s): sending them again in %d ms",
+                 reply->str, RESEND_MS);
+    uv_timer_start(&w->resend, on_resend, RESEND_MS, 0);
+}
+
 /* Records Redis's answer to the i-th completion of a call and recycles the job. */
 static void acked(wk_worker_t *w, wk_job_t *job, const redisReply *reply, int i)
 {
@@ -326,6 +356,10 @@ static void on_job_ack(wk_redis_t *r, redisReply *reply, void *data)
         block(w, job); /* sent again after reconnecting; a late copy is refused as stale */
         return;
     }
+    if (refused_for_now(reply) && w->phase != PH_CLOSING) {
+        hold(w, job, reply);
+        return;
+    }
     acked(w, job, reply, 0);
     check_stopped(w);
 }
@@ -340,6 +374,8 @@ static void on_batch_ack(wk_redis_t *r, redisReply *reply, void *data)
     for (int i = 0; i < b->n; i++) {
         if (!reply && w->phase != PH_CLOSING)
             block(w, b->jobs[i]); /* each goes again on its own vector after reconnecting */
+        else if (refused_for_now(reply) && w->phase != PH_CLOSING)
+            hold(w, b->jobs[i], reply);
         else
             acked(w, b->jobs[i], reply, i);
     }
@@ -893,9 +929,10 @@ int wk_main(int argc, char **argv)
 
     uv_timer_init(&w->loop, &w->heartbeat);
     uv_timer_init(&w->loop, &w->stop_timer);
+    uv_timer_init(&w->loop, &w->resend);
     uv_signal_init(&w->loop, &w->sigterm);
     uv_signal_init(&w->loop, &w->sigint);
-    w->heartbeat.data = w->stop_timer.data = w->sigterm.data = w->sigint.data = w;
+    w->heartbeat.data = w->stop_timer.data = w->resend.data = w->sigterm.data = w->sigint.data = w;
     w->cmd = wk_redis_new(&w->loop, "commands", cm_cfg.redis_host, cm_cfg.redis_port,
                           cm_cfg.redis_timeout_ms, on_cmd_up, w);
     w->wait = wk_redis_new(&w->loop, "wait", cm_cfg.redis_host, cm_cfg.redis_port,

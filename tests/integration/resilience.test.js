@@ -31,3 +31,25 @@ test('Redis restart: /readyz reports it down, then api, worker and scheduler rec
       assert.ok(p.alive, `${p.name} survived the outage`);
     }
   }));
+
+test('Redis busy with a long script when a job ends: the worker keeps the outcome, sends it again once Redis answers; the job runs once',
+  { timeout: 90000 }, () => withStack({ privateRedis: true, env: { CONVEYOR_LEASE_MS: '10000' } },
+    async (s) => {
+      await s.redis('CONFIG', 'SET', 'busy-reply-threshold', '100'); // -BUSY after 100 ms
+      const job = await s.enqueueJob({ type: 'sleep', input: { ms: 700 } });
+      await s.waitStatus(job.id, 'running');
+      // Redis busy for 2.5 s: every other command gets -BUSY meanwhile, the sleep's outcome too
+      await s.redis('EVAL', `local t = redis.call('TIME')
+local t0 = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 2500000
+return 1`, '0');
+      const done = await s.waitStatus(job.id, ['succeeded', 'failed', 'dead'], { timeout: 20000 });
+      assert.equal(done.status, 'succeeded');
+      assert.equal(done.attempt, 1, 'one run: its outcome was recorded, its lease did not expire');
+      assert.deepEqual(done.attempts || [], [], 'no failed attempt');
+      const worker = s.procs.find((p) => p.name.startsWith('worker'));
+      assert.match(worker.log(), /refused outcomes for now \(BUSY/, 'the outcome met -BUSY');
+      for (const p of s.procs.filter((x) => x.name !== 'redis')) {
+        assert.ok(p.alive, `${p.name} survived the busy Redis`);
+      }
+    }));
