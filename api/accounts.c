@@ -522,3 +522,31 @@ int api_keys_forget_user(api_req_t *r, PGconn *pg, const char *user, int tombsto
     PQclear(res);
     return rc;
 }
+
+int api_keys_recache_user(api_req_t *r, PGconn *pg, const char *user)
+{
+    const char *p[] = {user};
+    PGresult *res = exec(pg,
+                         "SELECT k.key_hash, k.id, u.role, "
+                         "       coalesce((extract(epoch from k.expires_at) * 1000)::bigint, 0) "
+                         "FROM api_keys k JOIN users u ON u.id = k.user_id "
+                         "WHERE k.user_id = $1 AND k.revoked_at IS NULL AND u.is_active "
+                         "  AND (k.expires_at IS NULL OR k.expires_at > now())",
+                         1, p);
+    int rc = 0;
+
+    if (!ok(res)) {
+        LOG_REQ_ERR(r->request_id, "listing a user's keys: %s", PQerrorMessage(pg));
+        PQclear(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+        api_role_t role = API_ROLE_USER;
+        api_role_parse(PQgetvalue(res, i, 2), &role);
+        rc = api_apikey_cache(r, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), user, role,
+                              strtoll(PQgetvalue(res, i, 3), NULL, 10), 1);
+    }
+    if (rc) LOG_REQ_ERR(r->request_id, "caching a user's keys with the new role failed");
+    PQclear(res);
+    return rc;
+}

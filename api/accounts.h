@@ -70,4 +70,10 @@ int api_user_revoke_sessions(api_req_t *r, PGconn *pg, const char *user, const c
  * user: after a role or status change, or a deletion. Returns 0 or -1. */
 int api_keys_forget_user(api_req_t *r, PGconn *pg, const char *user, int tombstone);
 
+/* After a committed role change of an active user: writes each of the user's live keys
+ * to the cache with the role PostgreSQL now holds (overwriting, and announced), so that
+ * a key read from PostgreSQL before the commit and cached since by another request
+ * cannot keep the old role. Returns 0 or -1 (logged). */
+int api_keys_recache_user(api_req_t *r, PGconn *pg, const char *user);
+
 #endif

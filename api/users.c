@@ -453,6 +453,9 @@ int api_users_update(api_req_t *r)
         PQclear(res);
         goto out;
     }
+    /* The keys were dropped from the cache before the commit (so that a failure changed
+     * nothing); a request may have cached one again from the row as it was. */
+    if (revoke && PQgetvalue(res, 0, 7)[0] == 't') (void)api_keys_recache_user(r, pg, id);
     st = api_reply(r, 200, api_user_json(res, 0, 0), NULL);
     PQclear(res);
 out:

@@ -5,6 +5,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
 const { withStack, waitFor, assertError } = require('./lib/stack');
 const A = require('./lib/accounts');
 
@@ -699,6 +701,13 @@ test('an admin\'s role change or isActive=false revokes the user\'s sessions (to
     body: { role: 'user' } });
   assert.equal(down.status, 200, down.text);
   unauthorized(await me(s, b2.accessToken), 'b\'s admin token after demotion');
+  // a request that read b's key from PostgreSQL before the demotion's commit, caching
+  // it afterwards (a load only writes where nothing is cached): it must not win
+  const sha = crypto.createHash('sha256').update(bKey.key).digest('hex');
+  const akeyPut = fs.readFileSync(path.join(__dirname, '..', '..', 'api', 'lua', 'akey_put.lua'), 'utf8');
+  assert.equal(await s.redis('EVAL', akeyPut, '1', s.key('akey', sha), bKey.id, b.user.id, 'admin',
+    '0', '600000', '0'), '0', 'the key is cached with its new role: a stale load is refused');
+  assertError(assert, await get(api2, '/v1/queues', bKey.key), 403, 'FORBIDDEN');
   assertError(assert, await get(s, '/v1/queues', bKey.key), 403, 'FORBIDDEN');
   assert.equal((await me(s, admin.accessToken)).status, 200, 'the admin is unaffected');
 }));
