@@ -19,6 +19,7 @@
 #define KEY_NAME_MAX 100 /* characters */
 #define KEY_SHOWN 12     /* characters of a key kept as its visible prefix */
 #define KEYS_LIST_MAX 1000
+#define API_KEYS_PER_USER 100 /* live (not revoked, not expired) keys a user may hold */
 
 static const char bad_login[] = "invalid email or password";
 
@@ -366,7 +367,7 @@ int api_keys_create(api_req_t *r)
     int64_t exp_ms = 0;
     PGconn *pg = NULL;
     PGresult *res;
-    int st;
+    int st, began = 0;
 
     if (need_session(r) || api_read_json(r, 0, &body) != 0) return r->status;
     if (body) {
@@ -410,6 +411,32 @@ int api_keys_create(api_req_t *r)
     memcpy(shown, secret, KEY_SHOWN);
     shown[KEY_SHOWN] = '\0';
     if (!(pg = api_db(r))) goto sent;
+    if ((st = api_db_command(r, pg, "BEGIN")) != 0) goto out;
+    began = 1;
+    {
+        /* the user's row locked: concurrent creations count one after the other */
+        const char *p[] = {r->who.owner};
+        res = exec(pg, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", 1, p);
+        if (ok(res)) {
+            PQclear(res);
+            res = exec(pg,
+                       "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL "
+                       "AND (expires_at IS NULL OR expires_at > now())",
+                       1, p);
+        }
+        if (!ok(res)) {
+            st = api_db_error(r, pg, res);
+            goto out;
+        }
+        long long live = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        if (live >= API_KEYS_PER_USER) {
+            st = api_error(r, 409, "CONFLICT", json_pack("{s:i}", "limit", API_KEYS_PER_USER), NULL,
+                           "a user holds at most %d live API keys: revoke one first",
+                           API_KEYS_PER_USER);
+            goto out;
+        }
+    }
     {
         const char *p[] = {id, r->who.owner, name, shown, hash, *exp ? exp : NULL};
         res = exec(pg,
@@ -422,6 +449,11 @@ int api_keys_create(api_req_t *r)
         st = api_db_error(r, pg, res);
         goto out;
     }
+    began = 0;
+    if ((st = api_db_command(r, pg, "COMMIT")) != 0) {
+        PQclear(res);
+        goto out;
+    }
     out = key_json(res, 0);
     PQclear(res);
     json_object_set_new(out, "key", json_string(secret));
@@ -429,7 +461,9 @@ int api_keys_create(api_req_t *r)
     LOG_REQ_INFO(r->request_id, "api key %s created for %s", id, r->who.owner);
     st = api_reply(r, 201, out, NULL);
 out:
+    if (began) PQclear(PQexec(pg, "ROLLBACK"));
     if (pg) cm_pg_release(r->pg, pg);
+    OPENSSL_cleanse(secret, sizeof(secret));
     json_decref(body);
     return st;
 sent:

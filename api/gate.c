@@ -382,6 +382,19 @@ static int check(api_req_t *r, api_bucket_t b)
     return unavailable(r);
 }
 
+/* check() of bucket b for the client address, as for a caller without a credential
+ * (r->who is kept). Returns 0 or the status of the error sent. */
+static int check_address(api_req_t *r, api_bucket_t b)
+{
+    api_principal_t who = r->who;
+    int rc;
+
+    memset(&r->who, 0, sizeof(r->who));
+    rc = check(r, b);
+    r->who = who;
+    return rc;
+}
+
 /* ---- the flusher ----------------------------------------------------------------- */
 
 #define FLUSH_EVERY_MS 5
@@ -477,6 +490,11 @@ int api_gate(api_req_t *r, int auth, api_bucket_t bucket)
         api_bucket_t b = r->who.cred == API_CRED_APIKEY ? API_RL_APIKEY : API_RL_USER;
         /* the script runs even with no limit: it checks revocation */
         if ((rc = check(r, b)) != 0) return rc;
+        /* a sign-up (POST /v1/users) with a user's credential counts as one without: per
+         * client address, or every API key a user makes would bring its own allowance */
+        if (bucket == API_RL_AUTH && r->who.role != API_ROLE_ADMIN && bucket_limit(bucket) > 0 &&
+            (rc = check_address(r, bucket)) != 0)
+            return rc;
     }
     if (auth == API_AUTH_ADMIN && r->who.role != API_ROLE_ADMIN)
         return api_error(r, 403, "FORBIDDEN", NULL, NULL, "this endpoint needs the admin role");

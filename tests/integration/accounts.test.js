@@ -655,6 +655,23 @@ test('DELETE /v1/users/{id} → 204: its access token, refresh token and API key
   assert.equal((await me(s, v.access)).status, 200, 'v is unaffected');
 }));
 
+test('a user holds at most 100 live API keys: the 101st → 409 and nothing is created; a revoked one frees a place',
+{ timeout: 60000 }, () => withStack(OPTS, async (s) => {
+  const u = await A.newUser(s);
+  const keys = [];
+  for (let i = 0; i < 100; i++) keys.push(await A.createApiKey(s, u.access, { name: `k${i}` }));
+  const over = await s.api('POST', '/v1/auth/api-keys', { token: u.access, body: { name: 'one more' } });
+  assertError(assert, over, 409, 'CONFLICT');
+  assert.equal(over.json.error.details.limit, 100);
+  assert.equal(await countRows(s, 'api_keys', `user_id = '${u.user.id}'`), 100, 'no 101st row');
+  assert.equal((await s.api('DELETE', `/v1/auth/api-keys/${keys[0].id}`, { token: u.access })).status, 204);
+  const again = await s.api('POST', '/v1/auth/api-keys', { token: u.access, body: { name: 'again' } });
+  assert.equal(again.status, 201, again.text);
+  // another user is not affected by u's keys
+  const v = await A.newUser(s);
+  assert.equal((await s.api('POST', '/v1/auth/api-keys', { token: v.access, body: {} })).status, 201);
+}));
+
 test('an admin\'s role change or isActive=false revokes the user\'s sessions (tokens → 401); ' +
   'the new role holds for new tokens and API keys',
 { timeout: 60000 }, () => withStack(OPTS, async (s) => {

@@ -210,6 +210,18 @@ test('per-IP auth limit 5 on register, login (right or wrong password) and anony
   const byOp = await s.api('POST', '/v1/users', { body: { email: A.newEmail(), password } });
   assert.equal(byOp.status, 201, `the operator creates users past the auth limit: ${byOp.text}`);
   noLimitHeaders(byOp, 'operator POST /v1/users');
+
+  // a signed-in user's credential brings no sign-up allowance of its own, nor does each
+  // API key the user makes: POST /v1/users still counts per client address
+  const before = await s.psql(`SELECT count(*) FROM "${s.schema}".users`);
+  const key = await A.createApiKey(s, signIn.accessToken, { name: 'k' });
+  for (const [what, token] of [['access token', signIn.accessToken], ['API key', key.key]]) {
+    const r = await timed(api2, 'POST', '/v1/users', { token,
+      body: { email: A.newEmail(), password } });
+    assert.equal(r.status, 429, `POST /v1/users with a user's ${what}: ${r.text}`);
+    assertLimited(r, { name: 'auth', limit: 5 });
+  }
+  assert.equal(await s.psql(`SELECT count(*) FROM "${s.schema}".users`), before, 'no user');
 }));
 
 test('per-IP limit on refresh (3): the 4th refresh → 429 and does not rotate the token; ' +
