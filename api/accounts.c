@@ -520,11 +520,17 @@ int api_keys_delete(api_req_t *r)
         st = api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
                        "cannot revoke the key now; try again shortly");
     } else {
+        char sha[65], *shap = sha;
+        snprintf(sha, sizeof(sha), "%s", PQgetvalue(res, 0, 0));
         PQclear(res);
         res = exec(pg, "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2",
                    2, p);
         if (!ok(res)) {
             st = api_db_error(r, pg, res);
+            /* not revoked after all: the next use reads the key from PostgreSQL again */
+            if (api_apikey_forget(r, &shap, 1) != 0)
+                LOG_REQ_ERR(r->request_id, "api key %s: its revocation failed and its tombstone "
+                                           "stays in Redis until it expires", r->param);
         } else {
             PQclear(res);
             LOG_REQ_INFO(r->request_id, "api key %s revoked", r->param);

@@ -655,6 +655,22 @@ test('DELETE /v1/users/{id} → 204: its access token, refresh token and API key
   assert.equal((await me(s, v.access)).status, 200, 'v is unaffected');
 }));
 
+test('a key revocation PostgreSQL refuses changes nothing: an error, and the key still works; then it is revoked',
+{ timeout: 60000 }, () => withStack(OPTS, async (s) => {
+  const api2 = await s.startExtraApi();
+  const u = await A.newUser(s);
+  const k = await A.createApiKey(s, u.access, { name: 'k' });
+  for (const c of [s, api2]) assert.equal((await me(c, k.key)).status, 200, 'the key works (and is cached)');
+  const table = usersTable(s, 'api_keys');
+  await s.psql(`ALTER TABLE ${table} ADD CONSTRAINT no_revoke CHECK (revoked_at IS NULL) NOT VALID`);
+  const del = await s.api('DELETE', `/v1/auth/api-keys/${k.id}`, { token: u.access });
+  assert.ok(del.status >= 400 && del.json && del.json.error, `refused: ${del.status} ${del.text}`);
+  for (const c of [s, api2]) assert.equal((await me(c, k.key)).status, 200, 'still works');
+  await s.psql(`ALTER TABLE ${table} DROP CONSTRAINT no_revoke`);
+  assert.equal((await s.api('DELETE', `/v1/auth/api-keys/${k.id}`, { token: u.access })).status, 204);
+  for (const c of [s, api2]) unauthorized(await me(c, k.key), 'the revoked key');
+}));
+
 test('a user holds at most 100 live API keys: the 101st → 409 and nothing is created; a revoked one frees a place',
 { timeout: 60000 }, () => withStack(OPTS, async (s) => {
   const u = await A.newUser(s);
