@@ -26,7 +26,7 @@ static const struct cfg_entry entries[] = {
     E("CONVEYOR_REDIS_URL", T_STR, "redis://127.0.0.1:6379", 0, 0, redis_url,
       "Redis server (`redis://host:port`)"),
     E("CONVEYOR_REDIS_PREFIX", T_STR, "cv", 0, 0, redis_prefix,
-      "prefix of every Redis key (several deployments may share one Redis)"),
+      "prefix of every Redis key, 1-32 of [A-Za-z0-9_.:-] (several deployments may share one Redis)"),
     E("CONVEYOR_REDIS_TIMEOUT_MS", T_INT, "2000", 50, 600000, redis_timeout_ms,
       "Redis connect and command timeout"),
     E("CONVEYOR_DATABASE_URL", T_STR, "host=127.0.0.1 port=5432 dbname=conveyor user=conveyor", 0,
@@ -166,6 +166,16 @@ int cm_config_load(char *err, size_t errlen)
     for (const char *c = cm_cfg.pg_schema; *c; c++) {
         if (!((*c >= 'a' && *c <= 'z') || *c == '_' || (c > cm_cfg.pg_schema && *c >= '0' && *c <= '9'))) {
             snprintf(err, errlen, "CONVEYOR_PG_SCHEMA: expected a lowercase identifier");
+            return -1;
+        }
+    }
+    {
+        /* every key buffer has room for the longest prefix and queue name */
+        size_t n = strspn(cm_cfg.redis_prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                               "0123456789_.:-");
+        if (n == 0 || n > CM_REDIS_PREFIX_MAX || cm_cfg.redis_prefix[n] != '\0') {
+            snprintf(err, errlen, "CONVEYOR_REDIS_PREFIX: expected 1-%d characters of "
+                                  "[A-Za-z0-9_.:-]", CM_REDIS_PREFIX_MAX);
             return -1;
         }
     }

@@ -7,6 +7,10 @@
 
 #include <stdio.h>
 
+/* The longest CONVEYOR_REDIS_PREFIX: with the longest queue name, every key fits the
+ * buffers of queue/ and workers/. */
+#define CM_REDIS_PREFIX_MAX 32
+
 typedef struct cm_config {
     /* connections */
     char redis_host[256];

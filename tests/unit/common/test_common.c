@@ -56,6 +56,20 @@ static void test_config_values_and_errors(void **state)
     assert_int_equal(cm_config_load(err, sizeof(err)), -1);
     assert_non_null(strstr(err, "CONVEYOR_PG_SCHEMA"));
     unsetenv("CONVEYOR_PG_SCHEMA");
+
+    const char *bad_prefixes[] = {"a{b}", "with space", "tab\there",
+                                  "x123456789x123456789x123456789x12", NULL};
+    for (int i = 0; bad_prefixes[i]; i++) {
+        setenv("CONVEYOR_REDIS_PREFIX", bad_prefixes[i], 1);
+        assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "CONVEYOR_REDIS_PREFIX"));
+    }
+    setenv("CONVEYOR_REDIS_PREFIX", "x123456789x123456789x123456789x1", 1); /* 32: the most */
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    setenv("CONVEYOR_REDIS_PREFIX", "team-a.prod:cv_2", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_prefix, "team-a.prod:cv_2");
+    unsetenv("CONVEYOR_REDIS_PREFIX");
     unsetenv("CONVEYOR_BACKOFF_SCALE");
     cm_config_free();
 }
