@@ -641,8 +641,10 @@ int q_queue_names(q_conn_t *c, char ***names, int *n)
 static long long hash_int(const redisReply *h, const char *field)
 {
     for (size_t i = 0; h && h->type == REDIS_REPLY_ARRAY && i + 1 < h->elements; i += 2)
-        if (h->element[i]->str && strcmp(h->element[i]->str, field) == 0)
-            return strtoll(h->element[i + 1]->str, NULL, 10);
+        if (h->element[i]->type == REDIS_REPLY_STRING && strcmp(h->element[i]->str, field) == 0)
+            return h->element[i + 1]->type == REDIS_REPLY_STRING
+                       ? strtoll(h->element[i + 1]->str, NULL, 10)
+                       : 0;
     return 0;
 }
 
@@ -774,7 +776,17 @@ int q_done_batch(q_conn_t *c, int limit, q_job_t ***jobs, int *n)
         rc = Q_ENOMEM;
         goto out;
     }
-    for (int i = 0; i < cnt; i++) ids[i] = r->element[i]->str;
+    {
+        int m = 0;
+        for (int i = 0; i < cnt; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type == REDIS_REPLY_STRING && q_valid_id(e->str))
+                ids[m++] = e->str;
+            else if (e->type == REDIS_REPLY_STRING) /* not a job id: nothing to archive */
+                freeReplyObject(q_command(c, "ZREM %sdone %b", c->prefix, e->str, e->len));
+        }
+        cnt = m;
+    }
     if ((rc = q_job_get_many(c, ids, cnt, got)) != 0) goto out;
     for (int i = 0; i < cnt; i++) {
         if (got[i]) {
@@ -853,12 +865,14 @@ int q_sweep(q_conn_t *c, int64_t cutoff_ms)
     snprintf(pattern, sizeof(pattern), "%sowner:*", c->prefix);
     do {
         redisReply *r = q_command(c, "SCAN %s MATCH %s COUNT 500", cursor, pattern);
-        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
             freeReplyObject(r);
             return Q_EREDIS;
         }
         snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
         for (size_t i = 0; i < r->element[1]->elements; i++) {
+            if (r->element[1]->element[i]->type != REDIS_REPLY_STRING) continue;
             int n = sweep_key(c, r->element[1]->element[i]->str, cutoff);
             if (n > 0) removed += n;
         }

@@ -12,45 +12,46 @@
 
 /* ---- encode --------------------------------------------------------------------- */
 
-static void pack_str(msgpack_packer *pk, const char *s)
+/* The pack_* helpers return 0, or non-zero once a write failed (out of memory): the
+ * buffer then holds a cut record, which must not be stored. */
+static int pack_str(msgpack_packer *pk, const char *s)
 {
     size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
+    return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n);
 }
 
-static void pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
+static int pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
 {
-    pack_str(pk, k);
-    pack_str(pk, v);
+    return pack_str(pk, k) || pack_str(pk, v);
 }
 
-static void pack_kv_int(msgpack_packer *pk, const char *k, int v)
+static int pack_kv_int(msgpack_packer *pk, const char *k, int v)
 {
-    pack_str(pk, k);
-    msgpack_pack_int(pk, v);
+    return pack_str(pk, k) || msgpack_pack_int(pk, v);
 }
 
 int q_record_encode(const q_record_t *rec, char **out, size_t *outlen)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
+    int bad;
 
     *out = NULL;
     *outlen = 0;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, rec->idempotency_key ? 9 : 8);
-    pack_kv_str(&pk, "id", rec->id);
-    pack_kv_str(&pk, "type", rec->type);
-    pack_kv_str(&pk, "queue", rec->queue);
-    pack_kv_str(&pk, "owner", rec->owner);
-    pack_kv_str(&pk, "input", rec->input ? rec->input : "{}");
-    pack_kv_int(&pk, "max_attempts", rec->max_attempts);
-    pack_kv_int(&pk, "priority", rec->priority);
-    pack_kv_int(&pk, "timeout_ms", rec->timeout_ms);
-    if (rec->idempotency_key) pack_kv_str(&pk, "idem", rec->idempotency_key);
-    if (!sb.data) return Q_ENOMEM; /* msgpack_sbuffer_write failed to allocate */
+    bad = msgpack_pack_map(&pk, rec->idempotency_key ? 9 : 8) ||
+          pack_kv_str(&pk, "id", rec->id) || pack_kv_str(&pk, "type", rec->type) ||
+          pack_kv_str(&pk, "queue", rec->queue) || pack_kv_str(&pk, "owner", rec->owner) ||
+          pack_kv_str(&pk, "input", rec->input ? rec->input : "{}") ||
+          pack_kv_int(&pk, "max_attempts", rec->max_attempts) ||
+          pack_kv_int(&pk, "priority", rec->priority) ||
+          pack_kv_int(&pk, "timeout_ms", rec->timeout_ms) ||
+          (rec->idempotency_key && pack_kv_str(&pk, "idem", rec->idempotency_key));
+    if (bad || !sb.data) { /* msgpack_sbuffer_write failed to allocate */
+        msgpack_sbuffer_destroy(&sb);
+        return Q_ENOMEM;
+    }
     *out = sb.data;
     *outlen = sb.size;
     return 0;
