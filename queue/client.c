@@ -838,21 +838,28 @@ out:
     return (int)rc;
 }
 
-/* Sweeps one sorted set; returns the number removed or Q_EREDIS. */
+/* Sweeps one sorted set; returns the number removed or Q_EREDIS. Entries of live jobs
+ * stay where they are (the old end may be full of them: jobs scheduled far ahead, long
+ * retry series, restored jobs): each call looks past those the calls before kept. */
 static int sweep_key(q_conn_t *c, const char *key, const char *cutoff)
 {
     int removed = 0;
-    for (int round = 0; round < 100; round++) { /* bounded: at most 100 x 500 entries */
-        const char *keys[] = {key, NULL}, *args[] = {c->prefix, cutoff, "500", NULL};
+    long long kept = 0;
+    for (int round = 0; round < 200; round++) { /* bounded: at most 200 x 500 entries */
+        char offset[24];
+        snprintf(offset, sizeof(offset), "%lld", kept);
+        const char *keys[] = {key, NULL}, *args[] = {c->prefix, cutoff, "500", offset, NULL};
         redisReply *r = run(c, script(QS_SWEEP, keys, args));
-        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
             freeReplyObject(r);
             return Q_EREDIS;
         }
         long long seen = r->element[0]->integer, gone = r->element[1]->integer;
         freeReplyObject(r);
         removed += (int)gone;
-        if (seen < 500 || gone == 0) break;
+        kept += seen - gone;
+        if (seen < 500) break;
     }
     return removed;
 }

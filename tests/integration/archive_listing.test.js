@@ -68,6 +68,25 @@ test('archive: an archived dead job can still be retried by hand',
     assert.equal(items[0].status, 'dead');
   }));
 
+test('sweep: an owner index whose 500 oldest entries are live jobs still loses the entries of expired jobs behind them',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const index = s.key('owner', 'u-sweep');
+    // 600 entries from 1970 (far past the retention): the 500 oldest have a job record
+    // (live: scheduled far ahead, say), the 100 newest none (expired, archived)
+    await s.redis('EVAL', `for i = 1, 600 do
+  local id = string.format('job_sweep%013d', i)
+  redis.call('ZADD', KEYS[1], i, id)
+  if i <= 500 then redis.call('HSET', ARGV[1] .. id, 'status', 'scheduled') end
+end
+return 1`, '1', index, s.key('job', ''));
+    assert.equal(await s.redis('ZCARD', index), '600');
+    s.startScheduler();
+    await waitFor(async () => (await s.redis('ZCARD', index)) === '500',
+      { timeout: 20000, what: 'the 100 entries of expired jobs swept' });
+    assert.equal(await s.redis('ZSCORE', index, 'job_sweep0000000000500'), '500', 'live ones stay');
+    assert.equal(await s.redis('ZSCORE', index, 'job_sweep0000000000501'), '', 'gone ones go');
+  }));
+
 test('listing: 256 jobs created in the same millisecond (one enqueue call), in pages of 100 and of 20, each once',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const r = await s.cli(['enqueue', 'noop', '{}', '--count', '256']);
