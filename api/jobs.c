@@ -17,6 +17,7 @@
 #define WAIT_SLICE_MS 5000 /* a long-poll re-reads its job at least this often */
 #define SCAN_MAX 2000      /* owner index entries one listing reads from Redis */
 #define SCAN_BATCH 100
+#define COLD_ROUNDS 20 /* archive reads one listing makes (of up to LIMIT_MAX + 1 rows) */
 #define LIMIT_DEFAULT 20
 #define LIMIT_MAX 100
 #define IDEM_KEY_MAX 255
@@ -547,6 +548,9 @@ typedef struct listing {
     int truncated;           /* the Redis scan stopped at SCAN_MAX before the page filled */
     int64_t edge_ms;         /* the last index entry scanned (when truncated) */
     char edge_id[Q_ID_SIZE];
+    int cold_truncated;      /* the archive reads stopped at COLD_ROUNDS before it filled */
+    int64_t cold_edge_ms;    /* the last archive row read (when cold_truncated) */
+    char cold_edge_id[Q_ID_SIZE];
 } listing_t;
 
 static void listing_clear(listing_t *l)
@@ -609,26 +613,69 @@ static int seen(const listing_t *l, const char *id)
     return 0;
 }
 
-/* Drops the archive rows whose job is in Redis again (retried after it expired): Redis
- * lists it where it was re-created. Returns 0 or a Q_* error. */
-static int drop_requeued(api_req_t *r, listing_t *l)
+/* Drops the archive rows from l->cold[first] on whose job is in Redis again (retried
+ * after it expired): Redis lists it where it was re-created. Returns 0 or a Q_* error. */
+static int drop_requeued(api_req_t *r, listing_t *l, int first)
 {
     const char *ids[LIMIT_MAX + 1];
     q_job_t *got[LIMIT_MAX + 1];
-    int n = 0, rc;
+    int n = first, rc, count = l->ncold - first;
 
-    if (l->ncold == 0) return 0;
-    for (int c = 0; c < l->ncold; c++) ids[c] = l->cold[c]->id;
-    if ((rc = q_job_get_many(r->q, ids, l->ncold, got)) != 0) return rc;
-    for (int c = 0; c < l->ncold; c++) {
+    if (count <= 0) return 0;
+    for (int c = 0; c < count; c++) ids[c] = l->cold[first + c]->id;
+    if ((rc = q_job_get_many(r->q, ids, count, got)) != 0) return rc;
+    for (int c = 0; c < count; c++) {
         if (got[c]) {
-            q_job_free(l->cold[c]);
+            q_job_free(l->cold[first + c]);
             q_job_free(got[c]);
         } else {
-            l->cold[n++] = l->cold[c];
+            l->cold[n++] = l->cold[first + c];
         }
     }
     l->ncold = n;
+    return 0;
+}
+
+/* Reads archive rows after the cursor until want of them are kept, the archive ends, or
+ * COLD_ROUNDS reads were made (then l->cold_truncated, the last row read its edge).
+ * Dropped: rows Redis knows better (seen by the scan, or retried and back in Redis: with
+ * a status filter many of the newest rows may be such), rows past the scanned part of
+ * Redis. Returns 0, 1 when the archive cannot be read, or a Q_* error. */
+static int scan_cold(api_req_t *r, listing_t *l, const char *owner, int64_t ms, const char *id,
+                     const char *status, const char *type, int want)
+{
+    char at_id[Q_ID_SIZE];
+    int rc;
+
+    if (!(l->cold = calloc((size_t)want, sizeof(*l->cold)))) return Q_ENOMEM;
+    for (int round = 0; l->ncold < want; round++) {
+        q_job_t **rows = NULL;
+        int first = l->ncold, n;
+        if (round == COLD_ROUNDS) {
+            l->cold_truncated = 1;
+            l->cold_edge_ms = ms;
+            memcpy(l->cold_edge_id, id, Q_ID_SIZE);
+            break;
+        }
+        if ((n = api_archive_list(r->pg, owner, ms, id, status, type, want, &rows)) < 0) return 1;
+        for (int c = 0; c < n; c++) {
+            q_job_t *cj = rows[c];
+            if (c == n - 1) { /* the next read starts after it */
+                ms = cj->created_ms;
+                memcpy(at_id, cj->id, Q_ID_SIZE);
+                id = at_id;
+            }
+            if (l->ncold >= want || seen(l, cj->id) ||
+                (l->truncated && !before(cj->created_ms, cj->id, l->edge_ms, l->edge_id)))
+                q_job_free(cj);
+            else
+                l->cold[l->ncold++] = cj;
+        }
+        free(rows);
+        if ((rc = drop_requeued(r, l, first)) != 0) return rc;
+        if (n < want) break; /* the archive ends here */
+        if (l->truncated && !before(ms, id, l->edge_ms, l->edge_id)) break; /* past Redis's edge */
+    }
     return 0;
 }
 
@@ -671,25 +718,16 @@ int api_jobs_list(api_req_t *r)
         st = api_queue_error(r, rc);
         goto out;
     }
-    rc = api_archive_list(r->pg, owner, cur_ms, cursor ? cur_id : NULL, status, type,
-                          (int)limit + 1, &l.cold);
-    if (rc < 0) {
-        st = archive_down(r);
+    rc = scan_cold(r, &l, owner, cur_ms, cursor ? cur_id : NULL, status, type, (int)limit + 1);
+    if (rc != 0) {
+        st = rc == 1 ? archive_down(r) : api_queue_error(r, rc);
         goto out;
     }
-    /* Drop archive rows Redis knows better, and rows past the scanned part of Redis. */
-    for (int c = 0; c < rc; c++) {
-        q_job_t *cj = l.cold[c];
-        if (seen(&l, cj->id) ||
-            (l.truncated && !before(cj->created_ms, cj->id, l.edge_ms, l.edge_id)))
-            q_job_free(cj);
-        else
-            l.cold[l.ncold++] = cj;
-    }
-    if ((rc = drop_requeued(r, &l)) != 0) {
-        st = api_queue_error(r, rc);
-        goto out;
-    }
+    /* the archive read up to its edge: no Redis job past it on this page either */
+    while (l.cold_truncated && l.nhot > 0 &&
+           !before(l.hot[l.nhot - 1]->created_ms, l.hot[l.nhot - 1]->id, l.cold_edge_ms,
+                   l.cold_edge_id))
+        q_job_free(l.hot[--l.nhot]);
     data = json_array();
     for (k = 0; k < limit && (i < l.nhot || j < l.ncold); k++) {
         if (j >= l.ncold || (i < l.nhot && before(l.hot[i]->created_ms, l.hot[i]->id,
@@ -699,10 +737,13 @@ int api_jobs_list(api_req_t *r)
             last = l.cold[j++];
         json_array_append_new(data, q_job_to_json(last));
     }
-    int more = i < l.nhot || j < l.ncold || l.truncated;
-    if (more && k < limit) /* the scan stopped early: resume where it stopped */
-        api_cursor_encode(l.edge_ms, l.edge_id, next, sizeof(next));
-    else if (more)
+    int more = i < l.nhot || j < l.ncold || l.truncated || l.cold_truncated;
+    if (more && k < limit) { /* a scan stopped early: resume where the first one stopped */
+        int hot_edge = l.truncated && (!l.cold_truncated || before(l.edge_ms, l.edge_id,
+                                                                   l.cold_edge_ms, l.cold_edge_id));
+        api_cursor_encode(hot_edge ? l.edge_ms : l.cold_edge_ms, hot_edge ? l.edge_id : l.cold_edge_id,
+                          next, sizeof(next));
+    } else if (more)
         api_cursor_encode(last->created_ms, last->id, next, sizeof(next));
     st = api_reply(r, 200,
                    json_pack("{s:o,s:b,s:o}", "data", data, "hasMore", more, "nextCursor",

@@ -68,6 +68,37 @@ test('archive: an archived dead job can still be retried by hand',
     assert.equal(items[0].status, 'dead');
   }));
 
+test('listing with a status filter reads past archive rows of jobs retried since: 50 dead archived, 41 retried, status=dead lists the 9 others (pages of 1, 5, 20)',
+  { timeout: 90000 }, () => withStack({ env: RETAIN_1S }, async (s) => {
+    const ids = [];
+    for (let i = 0; i < 50; i++) {
+      ids.push((await s.enqueueJob({ type: 'fail', input: { times: 1 }, maxAttempts: 1 })).id);
+      await sleep(2); // distinct creation times: a fixed order
+    }
+    await s.waitAll(ids, 'dead');
+    for (const id of ids) await waitArchivedAndExpired(s, id);
+    assert.deepEqual(await s.killWorker(0, 'SIGTERM'), { code: 0, signal: null });
+    // the 41 newest: queued again in Redis, dead in the archive; with pages of 1 that is
+    // more than one listing reads (20 reads of 2 rows): a page comes back empty, with a cursor
+    const retried = ids.slice(9);
+    for (const id of retried) assert.equal((await s.api('POST', `/v1/jobs/${id}/retry`)).status, 202);
+    for (const limit of [1, 5, 20]) {
+      const { items, pages } = await s.listAll(`status=dead&limit=${limit}`);
+      assert.deepEqual(items.map((j) => j.id), ids.slice(0, 9).reverse(),
+        `pages of ${limit}: the 9 dead ones, newest first (${pages.length} pages)`);
+      assert.ok(items.every((j) => j.status === 'dead'));
+      if (limit === 1) {
+        assert.ok(pages.some((p) => p.data.length === 0 && p.hasMore && p.nextCursor),
+          'an empty page that goes on');
+      }
+    }
+    const queued = await s.listAll('status=queued&limit=7');
+    assert.deepEqual(queued.items.map((j) => j.id).sort(), [...retried].sort(), 'the 41 retried ones');
+    const all = await s.listAll('limit=8');
+    assert.equal(new Set(all.items.map((j) => j.id)).size, 50, 'each job once in the whole listing');
+    assert.equal(all.items.length, 50);
+  }));
+
 test('sweep: an owner index whose 500 oldest entries are live jobs still loses the entries of expired jobs behind them',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const index = s.key('owner', 'u-sweep');
