@@ -19,7 +19,7 @@
     "(extract(epoch from created_at) * 1000)::bigint, "                                  \
     "(extract(epoch from started_at) * 1000)::bigint, "                                  \
     "(extract(epoch from finished_at) * 1000)::bigint, "                                 \
-    "(extract(epoch from updated_at) * 1000)::bigint"
+    "(extract(epoch from updated_at) * 1000)::bigint, cancel_requested"
 
 /* Copies column col of row, NULL for SQL NULL. Returns 0 or -1 (out of memory). */
 static int text(const PGresult *res, int row, int col, char **out)
@@ -58,6 +58,7 @@ static q_job_t *row_job(const PGresult *res, int row)
     j->started_ms = num(res, row, 18);
     j->finished_ms = num(res, row, 19);
     j->updated_ms = num(res, row, 20);
+    j->cancel_requested = PQgetvalue(res, row, 21)[0] == 't';
     return j;
 }
 

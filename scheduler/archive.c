@@ -27,6 +27,7 @@ static const char *const cols[SCH_UPSERT_COLS] = {
     "progress",
     "progress_message",
     "idempotency_key",
+    "cancel_requested",
     "run_at",
     "created_at",
     "started_at",
@@ -122,6 +123,7 @@ static void fill_row(const char **v, char *slot, const q_job_t *j, int64_t now_m
     v[k++] = num(slot + 4 * SLOT, j->progress, 0, 100);
     v[k++] = text_or(id, "progress_message", j->progress_message, NULL);
     v[k++] = text_or(id, "idempotency_key", j->idempotency_key, NULL);
+    v[k++] = j->cancel_requested ? "true" : "false";
     v[k++] = ts(slot + 5 * SLOT, j->run_at_ms);
     v[k++] = ts(slot + 6 * SLOT, created);
     v[k++] = ts(slot + 7 * SLOT, j->started_ms);
@@ -153,7 +155,9 @@ int sch_upsert_build(sch_upsert_t *u, q_job_t *const *jobs, int n, int64_t now_m
     fputs(" ON CONFLICT (id) DO UPDATE SET ", f);
     for (int c = 1; c < SCH_UPSERT_COLS; c++)
         fprintf(f, "%s = EXCLUDED.%s, ", cols[c], cols[c]);
-    fputs("archived_at = now()", f);
+    /* a snapshot older than the row (a stalled scheduler's, after another archived the
+     * job's later state) changes nothing */
+    fputs("archived_at = now() WHERE jobs.updated_at <= EXCLUDED.updated_at", f);
     if (fclose(f) != 0) goto fail_oom; /* open_memstream: only fails when out of memory */
     u->nparams = n * SCH_UPSERT_COLS;
     return 0;

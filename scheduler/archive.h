@@ -15,7 +15,7 @@
 #include "queue/queue.h"
 
 #define SCH_EPG (-100)     /* PostgreSQL unreachable or the statement failed */
-#define SCH_UPSERT_COLS 21 /* values per row */
+#define SCH_UPSERT_COLS 22 /* values per row */
 #define SCH_UPSERT_ROWS_MAX (65535 / SCH_UPSERT_COLS) /* libpq's parameter limit */
 
 /* The error stored when a job's error in Redis is not valid JSON. */

@@ -43,6 +43,21 @@ test('archive: a finished job expires from Redis and GET answers the same JSON f
     assert.equal(await s.redis('ZCARD', s.key('done')), '0', 'nothing left to archive');
   }));
 
+test('archive: a running job canceled, archived and expired answers the same JSON (cancelRequested kept)',
+  { timeout: 60000 }, () => withStack({ env: RETAIN_1S }, async (s) => {
+    const job = await s.enqueueJob({ type: 'sleep', input: { ms: 5000 } });
+    await s.waitStatus(job.id, 'running');
+    assert.equal((await s.api('DELETE', `/v1/jobs/${job.id}`)).status, 202, 'cancel requested');
+    const live = await s.waitStatus(job.id, 'canceled');
+    assert.equal(live.cancelRequested, true);
+    await waitArchivedAndExpired(s, job.id);
+    const r = await s.api('GET', `/v1/jobs/${job.id}`);
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json, live, 'the archive answers the same JSON');
+    const { items } = await s.listAll();
+    assert.deepEqual(items, [live], 'and lists it the same');
+  }));
+
 test('archive: an archived dead job can still be retried by hand',
   { timeout: 60000 }, () => withStack({ env: RETAIN_1S }, async (s) => {
     const job = await s.enqueueJob({ type: 'fail', input: { times: 1 }, maxAttempts: 1 },

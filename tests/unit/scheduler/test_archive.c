@@ -92,6 +92,8 @@ static void test_statement_shape(void **state)
     /* every column but id is updated on conflict */
     assert_non_null(strstr(u.sql, " ON CONFLICT (id) DO UPDATE SET type = EXCLUDED.type, "));
     assert_non_null(strstr(u.sql, "updated_at = EXCLUDED.updated_at, archived_at = now()"));
+    /* an older snapshot never overwrites a newer row */
+    assert_non_null(strstr(u.sql, "archived_at = now() WHERE jobs.updated_at <= EXCLUDED.updated_at"));
     assert_null(strstr(u.sql, "id = EXCLUDED.id"));
     assert_int_equal(col(u.sql, "id"), 0);
     assert_true(col(u.sql, "updated_at") == SCH_UPSERT_COLS - 1);
@@ -110,6 +112,7 @@ static void test_values_full_job(void **state)
 
     b.status = "dead";
     b.error = "{\"code\":\"X\",\"message\":\"m\",\"retryable\":false}";
+    b.cancel_requested = 1;
     assert_int_equal(sch_upsert_build(&u, jobs, 2, NOW), 0);
     assert_string_equal(val(&u, 0, "id"), ID1);
     assert_string_equal(val(&u, 1, "id"), ID2);
@@ -130,6 +133,8 @@ static void test_values_full_job(void **state)
     assert_string_equal(val(&u, 0, "history"), "[{\"attempt\":1}]");
     assert_string_equal(val(&u, 0, "progress_message"), "done");
     assert_string_equal(val(&u, 0, "idempotency_key"), "key-1");
+    assert_string_equal(val(&u, 0, "cancel_requested"), "false");
+    assert_string_equal(val(&u, 1, "cancel_requested"), "true");
     assert_string_equal(val(&u, 0, "created_at"), "2023-11-14T22:13:15.000Z");
     assert_string_equal(val(&u, 0, "run_at"), "2023-11-14T22:13:15.000Z");
     assert_string_equal(val(&u, 0, "started_at"), "2023-11-14T22:13:16.000Z");
