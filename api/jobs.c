@@ -1,7 +1,6 @@
 /* api/jobs.c — the job endpoints. */
 #include "api/jobs.h"
 
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,7 +344,6 @@ int api_jobs_create(api_req_t *r)
         if (!(canon = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT))) goto fail_oom;
         cm_sha256_hex(canon, strlen(canon), hash);
     }
-    long long ttl = (long long)cm_cfg.idempotency_ttl_seconds * 1000;
     q_new_job_t nj = {
         .type = spec.type,
         .queue = spec.queue,
@@ -357,7 +355,7 @@ int api_jobs_create(api_req_t *r)
         .run_at_ms = spec.run_at_ms,
         .idempotency_key = key,
         .request_hash = key ? hash : NULL,
-        .idempotency_ttl_ms = ttl > INT_MAX ? INT_MAX : (int)ttl,
+        .idempotency_ttl_ms = (int64_t)cm_cfg.idempotency_ttl_seconds * 1000,
     };
     int64_t created = now;
     if ((rc = api_enqueue(r, &nj, id, &outcome, &created)) != 0) {

@@ -281,8 +281,8 @@ static int enq_prepare(const char *p, const q_new_job_t *job, struct enq *e)
     snprintf(e->maxa, sizeof(e->maxa), "%d", rec.max_attempts);
     snprintf(e->runat, sizeof(e->runat), "%lld",
              (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
-    snprintf(e->ttl, sizeof(e->ttl), "%d",
-             job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms : 86400000);
+    snprintf(e->ttl, sizeof(e->ttl), "%lld",
+             (long long)(job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms : 86400000));
     snprintf(e->created, sizeof(e->created), "%lld",
              (long long)(job->created_ms > 0 ? job->created_ms : 0));
     const char *v[] = {e->k_job, e->k_ready, e->k_sched, e->k_marker, e->k_owner, e->k_idem,

@@ -157,7 +157,7 @@ typedef struct q_new_job {
     const char *idempotency_key; /* NULL: none */
     const char *request_hash;    /* sha256 hex of the request: with idempotency_key, the
                                     key is registered; NULL: only recorded (restores) */
-    int idempotency_ttl_ms;
+    int64_t idempotency_ttl_ms;  /* 0: a day */
     int64_t created_ms;          /* 0: now (a job restored from the archive keeps its own) */
     const char *history;         /* attempts history JSON to keep (restores), or NULL */
 } q_new_job_t;

@@ -79,3 +79,14 @@ test('Idempotency-Key: 10 concurrent requests with one key create one job',
       'nine replays');
     assert.equal((await s.listAll()).items.length, 1);
   }));
+
+test('CONVEYOR_IDEMPOTENCY_TTL_SECONDS of a year: the key is kept a year (not cut to 24.8 days)',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0,
+    env: { CONVEYOR_IDEMPOTENCY_TTL_SECONDS: '31536000' } }, async (s) => {
+    const r = await s.enqueue({ type: 'noop' }, { headers: { 'Idempotency-Key': 'a-year' } });
+    assert.equal(r.status, 202, r.text);
+    const keys = (await s.redis('--scan', '--pattern', `${s.key('idem')}:*`)).split('\n').filter(Boolean);
+    assert.equal(keys.length, 1, keys.join(' '));
+    const pttl = Number(await s.redis('PTTL', keys[0]));
+    assert.ok(pttl > 31536000000 - 60000 && pttl <= 31536000000, `PTTL ${pttl} ms`);
+  }));
