@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "api/jobs.h"
 #include "common/config.h"
@@ -45,7 +44,11 @@ static struct {
     /* the reading thread's alone: */
     unsigned char published[32]; /* SHA-256 of the text last handed to the workers */
     int64_t published_ms;
-} cat = {.lock = PTHREAD_MUTEX_INITIALIZER, .read = PTHREAD_COND_INITIALIZER};
+} cat = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_once_t cat_once = PTHREAD_ONCE_INIT;
+static int cat_cond_ok;
+static void cat_init(void) { cat_cond_ok = cm_cond_init_monotonic(&cat.read) == 0; }
 
 /* Hands the catalog to the workers (P ai:catalog: they read it there, see
  * workers/types_ai.c), when it changed. A failure is logged: they keep the copy they
@@ -97,6 +100,7 @@ static json_t *catalog(api_req_t *r)
     int64_t now = cm_mono_ms();
     json_t *out;
 
+    pthread_once(&cat_once, cat_init);
     pthread_mutex_lock(&cat.lock);
     if (now >= cat.next_ms && !cat.reading) {
         cat.reading = 1;
@@ -109,12 +113,11 @@ static json_t *catalog(api_req_t *r)
             cat.models = m;
         }
         cat.next_ms = now + (m ? API_AI_CATALOG_TTL_MS : RETRY_MS);
-        pthread_cond_broadcast(&cat.read);
+        if (cat_cond_ok) pthread_cond_broadcast(&cat.read);
     }
-    if (!cat.models && cat.reading) { /* the first read: wait for it, a while */
+    if (!cat.models && cat.reading && cat_cond_ok) { /* the first read: wait for it, a while */
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += FIRST_WAIT_S;
+        cm_deadline_ms(&until, FIRST_WAIT_S * 1000);
         while (!cat.models && cat.reading)
             if (pthread_cond_timedwait(&cat.read, &cat.lock, &until) == ETIMEDOUT) break;
     }

@@ -406,7 +406,7 @@ static struct {
     pthread_cond_t cond;
     int running, stop;
     api_authcache_t *auth;
-} flusher = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+} flusher = {.lock = PTHREAD_MUTEX_INITIALIZER}; /* cond: initialized by the start */
 
 /* Adds every bucket's locally counted requests to Redis. */
 static void flush_once(q_conn_t *q, api_authcache_t *auth)
@@ -439,12 +439,7 @@ static void *on_flusher(void *arg)
     while (!stop) {
         struct timespec ts;
         pthread_mutex_lock(&flusher.lock);
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += FLUSH_EVERY_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        cm_deadline_ms(&ts, FLUSH_EVERY_MS);
         if (!flusher.stop) pthread_cond_timedwait(&flusher.cond, &flusher.lock, &ts);
         stop = flusher.stop;
         pthread_mutex_unlock(&flusher.lock);
@@ -458,7 +453,11 @@ int api_gate_flusher_start(api_authcache_t *auth)
 {
     flusher.auth = auth;
     flusher.stop = 0;
-    if (pthread_create(&flusher.thread, NULL, on_flusher, NULL) != 0) return -1;
+    if (cm_cond_init_monotonic(&flusher.cond) != 0) return -1;
+    if (pthread_create(&flusher.thread, NULL, on_flusher, NULL) != 0) {
+        pthread_cond_destroy(&flusher.cond);
+        return -1;
+    }
     flusher.running = 1;
     return 0;
 }
@@ -471,6 +470,7 @@ void api_gate_flusher_stop(void)
     pthread_cond_signal(&flusher.cond);
     pthread_mutex_unlock(&flusher.lock);
     pthread_join(flusher.thread, NULL);
+    pthread_cond_destroy(&flusher.cond);
     flusher.running = 0;
 }
 

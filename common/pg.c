@@ -11,6 +11,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/util.h"
 
 struct cm_pg_pool {
     pthread_mutex_t lock;
@@ -63,7 +64,12 @@ cm_pg_pool_t *cm_pg_pool_new(int size)
     }
     p->size = size;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->freed, NULL);
+    if (cm_cond_init_monotonic(&p->freed) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        free(p->idle);
+        free(p);
+        return NULL;
+    }
     return p;
 }
 
@@ -82,13 +88,7 @@ PGconn *cm_pg_acquire(cm_pg_pool_t *p, int timeout_ms)
     struct timespec deadline;
     PGconn *c = NULL;
 
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    cm_deadline_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&p->lock);
     while (p->nidle == 0 && p->opened >= p->size) {
         if (pthread_cond_timedwait(&p->freed, &p->lock, &deadline) == ETIMEDOUT) break;

@@ -23,6 +23,27 @@ int64_t cm_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int cm_cond_init_monotonic(pthread_cond_t *cond)
+{
+    pthread_condattr_t a;
+    int rc = pthread_condattr_init(&a);
+    if (rc) return rc;
+    if (!(rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC))) rc = pthread_cond_init(cond, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
+
+void cm_deadline_ms(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
 /* Random bytes for ids and secrets, drawn from RAND_bytes a pool at a time: each call of
  * RAND_bytes costs a getpid system call (OpenSSL's fork check), one per job id was
  * measurable. Per thread; used bytes are wiped. No process of ours forks. */

@@ -2,8 +2,10 @@
 #ifndef CM_UTIL_H
 #define CM_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define CM_ID_RAND_LEN 22 /* base62 characters after the prefix (~131 bits) */
 
@@ -12,6 +14,14 @@ int64_t cm_now_ms(void);
 
 /* Monotonic clock in milliseconds. */
 int64_t cm_mono_ms(void);
+
+/* Initializes cond to time its waits on the monotonic clock (a step of the wall clock
+ * neither cuts them short nor stretches them). Returns 0 or an errno value. */
+int cm_cond_init_monotonic(pthread_cond_t *cond);
+
+/* Writes into ts the monotonic time ms from now: the deadline of a timed wait on such a
+ * cond. */
+void cm_deadline_ms(struct timespec *ts, int64_t ms);
 
 /* Writes prefix + n random base62 characters + NUL into out (size outlen) from the
  * OpenSSL RNG. Returns 0, or -1 if the RNG failed or out is too small. */

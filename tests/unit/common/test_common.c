@@ -1,5 +1,8 @@
 /* tests/unit/common/test_common.c — configuration table and small helpers. */
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,6 +106,34 @@ static void test_secure_equal(void **state)
     assert_false(cm_secure_equal_digest("op_secret ", d));
 }
 
+/* A cond set up by cm_cond_init_monotonic times out at a cm_deadline_ms deadline, and
+ * not before it (the monotonic clock is the one both use). */
+static void test_monotonic_wait(void **state)
+{
+    (void)state;
+    pthread_cond_t c;
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    struct timespec ts, now;
+
+    cm_deadline_ms(&ts, 1999);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    assert_true(ts.tv_nsec >= 0 && ts.tv_nsec < 1000000000L);
+    int64_t ahead = (int64_t)(ts.tv_sec - now.tv_sec) * 1000 + (ts.tv_nsec - now.tv_nsec) / 1000000;
+    assert_true(ahead > 1900 && ahead <= 1999);
+
+    assert_int_equal(cm_cond_init_monotonic(&c), 0);
+    int64_t t0 = cm_mono_ms();
+    cm_deadline_ms(&ts, 50);
+    pthread_mutex_lock(&m);
+    int rc;
+    while ((rc = pthread_cond_timedwait(&c, &m, &ts)) == 0) {
+    }
+    pthread_mutex_unlock(&m);
+    assert_int_equal(rc, ETIMEDOUT);
+    assert_true(cm_mono_ms() - t0 >= 49);
+    pthread_cond_destroy(&c);
+}
+
 static void test_random_id_and_time(void **state)
 {
     (void)state;
@@ -125,6 +156,7 @@ int main(void)
         cmocka_unit_test(test_config_defaults), cmocka_unit_test(test_config_values_and_errors),
         cmocka_unit_test(test_config_table),    cmocka_unit_test(test_secure_equal),
         cmocka_unit_test(test_random_id_and_time),
+        cmocka_unit_test(test_monotonic_wait),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }
