@@ -3,13 +3,15 @@
  * Input: {"model": id, "request": {OpenAI chat request}}. The model's providers come from
  * the AI catalog the api publishes in Redis (P ai:catalog, JSON: id -> model with its
  * providers in fallback order; see api/ai.c); each worker keeps a copy for
- * CATALOG_TTL_MS. An attempt tries the providers in order:
+ * CATALOG_TTL_MS, and reads it again before it fails a job whose model its copy lacks
+ * (or has disabled). An attempt tries the providers in order:
  *   - a provider with a rate limit first reserves a slot in a sliding window shared by
  *     every worker (P ai:rate:<provider>, one Lua call); no slot: it waits for one;
  *   - 2xx: the completion is the job's result (with "model" set to the requested id and
  *     a "conveyor" member: provider, latencyMs, the providers tried);
  *   - 408, 429, 5xx, timeouts and connection errors: the next provider; after the last,
- *     a retryable failure (after the provider's Retry-After when it sent one);
+ *     a retryable failure (after the provider's Retry-After when it sent one, an hour
+ *     at most);
  *   - any other 4xx: PROVIDER_ERROR with the provider's message, not retried.
  * All HTTP goes through one libcurl multi handle on the worker's loop (workers/http.h). */
 #include <stdio.h>
@@ -26,6 +28,7 @@
                              * reserved W apart may reach the provider a little closer */
 #define REDIS_TIMEOUT_MS 2000
 #define AI_TIMEOUT_MS 600000 /* one attempt, every provider tried included */
+#define RETRY_AFTER_MAX_MS 3600000 /* a provider's Retry-After is followed up to an hour */
 
 /* Reserves a request slot: KEYS[1] the provider's window, ARGV window ms, limit, member.
  * Returns 0 (reserved) or the ms until one frees. Redis's clock: every worker agrees. */
@@ -52,6 +55,7 @@ static struct {
     uint64_t loaded;       /* loop time of the catalog */
     int reading;           /* a GET of the catalog is in flight */
     ai_call_t *waiting;    /* calls waiting for it */
+    ai_call_t *again;      /* calls that need a read begun after the one in flight */
     unsigned long long seq; /* rate window members */
 } ai;
 
@@ -77,6 +81,7 @@ struct ai_call {
     wk_http_call_t *http;
     uv_timer_t timer;   /* a rate-limit wait */
     int timer_on, stopping;
+    int reread;         /* the catalog was read again for this call */
     ai_call_t *next;    /* waiting for the catalog */
 };
 
@@ -160,7 +165,8 @@ static void on_response(void *arg, const wk_http_resp_t *resp)
     }
     if (resp->status == 408 || resp->status == 429 || resp->status >= 500) {
         provider_message(resp, msg, sizeof(msg));
-        next_provider(c, msg, resp->retry_after_ms);
+        next_provider(c, msg, resp->retry_after_ms > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS
+                                                                       : resp->retry_after_ms);
         return;
     }
     if (resp->status < 200 || resp->status >= 300) {
@@ -296,6 +302,19 @@ static void try_provider(ai_call_t *c)
     reserve(c);
 }
 
+static void on_catalog(wk_redis_t *r, redisReply *reply, void *data);
+
+/* Reads the catalog from Redis for the calls in ai.waiting (c: one of them). */
+static void read_catalog(ai_call_t *c)
+{
+    char key[200];
+    snprintf(key, sizeof(key), "%sai:catalog", wk_job_prefix(c->job));
+    const char *argv[] = {"GET", key};
+    ai.reading = 1;
+    if (wk_redis_command(wk_job_redis(c->job), 2, argv, NULL, REDIS_TIMEOUT_MS, on_catalog, NULL) != 0)
+        on_catalog(NULL, NULL, NULL); /* not connected: every waiting call is told */
+}
+
 /* The model is known: build the provider request and start with the first provider. */
 static void begin(ai_call_t *c)
 {
@@ -307,6 +326,20 @@ static void begin(ai_call_t *c)
     const char *status = json_string_value(json_object_get(c->model, "status"));
     if (!c->model || !status || strcmp(status, "disabled") == 0) {
         char msg[200];
+        if (!c->reread) { /* our copy may predate the model (or its re-enabling): read again */
+            json_decref(c->model);
+            c->model = NULL;
+            c->reread = 1;
+            if (ai.reading) { /* begun before: maybe before the api published the change */
+                c->next = ai.again;
+                ai.again = c;
+            } else {
+                c->next = ai.waiting;
+                ai.waiting = c;
+                read_catalog(c);
+            }
+            return;
+        }
         snprintf(msg, sizeof(msg), "%s model '%s'", c->model ? "disabled" : "unknown", id);
         fail(c, c->model ? "MODEL_DISABLED" : "MODEL_NOT_FOUND", msg, 0, -1);
         return;
@@ -331,9 +364,10 @@ static void on_catalog(wk_redis_t *r, redisReply *reply, void *data)
     json_t *cat = reply && reply->type == REDIS_REPLY_STRING
                       ? json_loadb(reply->str, reply->len, 0, NULL)
                       : NULL;
+    int read = json_is_object(cat);
     ai.reading = 0;
     ai.waiting = NULL;
-    if (json_is_object(cat)) {
+    if (read) {
         json_decref(ai.catalog);
         ai.catalog = cat;
         ai.loaded = list ? uv_now(wk_job_loop(list->job)) : 0;
@@ -350,11 +384,16 @@ static void on_catalog(wk_redis_t *r, redisReply *reply, void *data)
             wk_job_t *job = c->job;
             call_end(c);
             wk_job_canceled(job);
-        } else if (!ai.catalog) {
+        } else if (!ai.catalog || (c->reread && !read)) { /* a call reading again needs this read */
             fail(c, "CATALOG_UNAVAILABLE", "the AI catalog cannot be read from Redis", 1, -1);
         } else {
             begin(c);
         }
+    }
+    if (ai.again && !ai.reading) {
+        ai.waiting = ai.again;
+        ai.again = NULL;
+        read_catalog(ai.waiting);
     }
 }
 
@@ -397,13 +436,7 @@ static void ai_start(wk_job_t *job)
     }
     c->next = ai.waiting;
     ai.waiting = c;
-    if (ai.reading) return;
-    char key[200];
-    snprintf(key, sizeof(key), "%sai:catalog", wk_job_prefix(job));
-    const char *argv[] = {"GET", key};
-    ai.reading = 1;
-    if (wk_redis_command(wk_job_redis(job), 2, argv, NULL, REDIS_TIMEOUT_MS, on_catalog, NULL) != 0)
-        on_catalog(NULL, NULL, NULL); /* not connected: every waiting call is told */
+    if (!ai.reading) read_catalog(c);
 }
 
 static void ai_cancel(wk_job_t *job)

@@ -364,6 +364,35 @@ test('POST /v1/jobs of type ai.chat gets the checks of /v1/chat/completions: no 
     assert.equal((await p.stats()).requests, 1, 'only the good job reached the provider');
   }));
 
+test('a model published after the worker read its copy of the catalog: the worker reads it again rather than fail the job',
+  { timeout: 60000 }, () => withAi({}, async (s, p) => {
+    const first = await s.api('POST', '/v1/chat/completions', { body: chat('warm up') });
+    assert.equal(first.status, 200, first.text); // the worker holds a copy (kept 2 s)
+    const key = s.key('ai', 'catalog');
+    const cat = JSON.parse(await s.redis('GET', key));
+    cat.mx = { ...cat.m1, id: 'mx', name: 'MX' };
+    await s.redis('SET', key, JSON.stringify(cat)); // as the api publishes a new model
+    const r = await s.cli(['enqueue', 'ai.chat', JSON.stringify({ model: 'mx',
+      request: { messages: [{ role: 'user', content: 'new model' }] } })]);
+    assert.equal(r.code, 0, r.stderr);
+    const done = await s.waitStatus(r.stdout.trim(), ['succeeded', 'failed', 'dead']);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+    assert.equal(done.result.model, 'mx');
+    assert.equal((await p.stats()).requests, 2);
+  }));
+
+test('a provider answering Retry-After of a day: the retry waits an hour at most',
+  { timeout: 60000 }, () => withAi({}, async (s, p) => {
+    await p.control({ failNext: 1, failStatus: 429, retryAfter: 86400 });
+    const a = await s.api('POST', '/v1/chat/completions', { body: chat('later'),
+      headers: { Prefer: 'respond-async' } });
+    assert.equal(a.status, 202, a.text);
+    const job = await s.waitStatus(a.json.id, ['scheduled'], { timeout: 20000 });
+    const wait = Date.parse(job.runAt) - Date.now();
+    assert.ok(wait > 3500000 && wait <= 3600000, `runAt ${job.runAt} is ${wait} ms ahead`);
+    assert.equal(job.attempts[0].error.code, 'PROVIDER_UNAVAILABLE');
+  }));
+
 test('a database that never answers holds up one request thread, not the api: /v1/models answers 503 at once while jobs still go in',
   { timeout: 90000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const held = [];
