@@ -6,7 +6,9 @@
  * CATALOG_TTL_MS, and reads it again before it fails a job whose model its copy lacks
  * (or has disabled). An attempt tries the providers in order:
  *   - a provider with a rate limit first reserves a slot in a sliding window shared by
- *     every worker (P ai:rate:<provider>, one Lua call); no slot: it waits for one;
+ *     every worker (P ai:rate:<provider>, one Lua call); no slot: the next provider,
+ *     and when every provider left is limited (or failed), a wait for the slot that
+ *     frees first;
  *   - 2xx: the completion is the job's result (with "model" set to the requested id and
  *     a "conveyor" member: provider, latencyMs, the providers tried);
  *   - 408, 429, 5xx, timeouts and connection errors: the next provider; after the last,
@@ -76,6 +78,10 @@ struct ai_call {
     char *body;         /* the request sent to providers */
     size_t body_len;
     size_t provider;    /* index in model.providers */
+    uint64_t failed;    /* providers (bit i: index i < 64) that failed this attempt */
+    int limited;        /* a provider had no rate-limit slot: ... */
+    size_t limited_provider; /* ... the one whose slot frees first, */
+    long long limited_ms;    /* in this many ms */
     long long retry_after_ms; /* the longest Retry-After heard, -1: none */
     char last_error[256];
     wk_http_call_t *http;
@@ -114,8 +120,9 @@ static void try_provider(ai_call_t *c);
 /* The provider c->provider failed in a way another may not: record it, go on. */
 static void next_provider(ai_call_t *c, const char *what, long long after_ms)
 {
-    snprintf(c->last_error, sizeof(c->last_error), "%s", what);
+    snprintf(c->last_error, sizeof(c->last_error), "%.*s", (int)sizeof(c->last_error) - 1, what);
     if (after_ms > c->retry_after_ms) c->retry_after_ms = after_ms;
+    if (c->provider < 64) c->failed |= (uint64_t)1 << c->provider;
     c->provider++;
     try_provider(c);
 }
@@ -264,8 +271,14 @@ static void on_reserved(wk_redis_t *r, redisReply *reply, void *data)
         send_request(c);
         return;
     }
-    c->timer_on = 1;
-    uv_timer_start(&c->timer, on_rate_timer, (uint64_t)reply->integer, 0);
+    /* no slot here now: a later provider may have one; wait only when none has */
+    if (!c->limited || reply->integer < c->limited_ms) {
+        c->limited = 1;
+        c->limited_provider = c->provider;
+        c->limited_ms = reply->integer;
+    }
+    c->provider++;
+    try_provider(c);
 }
 
 /* Reserves a slot of the current provider's rate limit, then sends. */
@@ -293,6 +306,14 @@ static void reserve(ai_call_t *c)
 
 static void try_provider(ai_call_t *c)
 {
+    while (provider_at(c) && c->provider < 64 && (c->failed >> c->provider & 1)) c->provider++;
+    if (!provider_at(c) && c->limited) { /* the others failed or are limited too: wait for */
+        c->provider = c->limited_provider; /* the slot that frees first */
+        c->limited = 0;
+        c->timer_on = 1;
+        uv_timer_start(&c->timer, on_rate_timer, (uint64_t)c->limited_ms, 0);
+        return;
+    }
     if (!provider_at(c)) { /* every provider failed this attempt */
         char msg[300];
         snprintf(msg, sizeof(msg), "%s", c->last_error[0] ? c->last_error : "no provider");

@@ -261,6 +261,22 @@ test('primary provider down: the fallback answers within the same attempt',
     });
   });
 
+test('a primary provider out of rate-limit slots: the fallback answers; when every provider is out, the slot that frees first is waited for',
+  { timeout: 60000 }, () => withAi({
+    models: (p) => ({ providers: [provider('p1', p.url, { rateLimit: 1, rateWindowMs: 2000 }),
+      provider('p2', p.url, { rateLimit: 1, rateWindowMs: 30000 })],
+    models: [model('m1', ['p1', 'p2'])] }),
+  }, async (s) => {
+    const via = async (what) => {
+      const r = await s.api('POST', '/v1/chat/completions', { body: chat(what) });
+      assert.equal(r.status, 200, `${what}: ${r.text}`);
+      return r.json.conveyor.provider;
+    };
+    assert.equal(await via('one'), 'p1');
+    assert.equal(await via('two'), 'p2', 'p1 has no slot for 2 s: the fallback, at once');
+    assert.equal(await via('three'), 'p1', 'both out: p1 frees first (2 s, p2 30 s)');
+  }));
+
 test('per-provider rate limit (4 per 1 s) never exceeded across two worker processes',
   { timeout: 90000 }, () => withAi({
     workers: 2,
