@@ -14,6 +14,8 @@
  *   - 408, 429, 5xx, timeouts and connection errors: the next provider; after the last,
  *     a retryable failure (after the provider's Retry-After when it sent one, an hour
  *     at most);
+ *   - 401, 403, 404 (this provider refuses the key or does not serve the model): the
+ *     next provider; when every provider refused, PROVIDER_ERROR, not retried;
  *   - any other 4xx: PROVIDER_ERROR with the provider's message, not retried.
  * All HTTP goes through one libcurl multi handle on the worker's loop (workers/http.h). */
 #include <stdio.h>
@@ -83,6 +85,7 @@ struct ai_call {
     size_t limited_provider; /* ... the one whose slot frees first, */
     long long limited_ms;    /* in this many ms */
     long long retry_after_ms; /* the longest Retry-After heard, -1: none */
+    int unavailable;    /* a provider failed in a way that may pass (else: all refused) */
     char last_error[256];
     wk_http_call_t *http;
     uv_timer_t timer;   /* a rate-limit wait */
@@ -117,14 +120,22 @@ static void fail(ai_call_t *c, const char *code, const char *msg, int retryable,
 
 static void try_provider(ai_call_t *c);
 
-/* The provider c->provider failed in a way another may not: record it, go on. */
-static void next_provider(ai_call_t *c, const char *what, long long after_ms)
+/* The provider c->provider failed in a way another may not: record it, go on. refused:
+ * it refused this caller or model (401, 403, 404), which a later attempt would not
+ * change; the others may pass. */
+static void next_provider_as(ai_call_t *c, const char *what, long long after_ms, int refused)
 {
     snprintf(c->last_error, sizeof(c->last_error), "%.*s", (int)sizeof(c->last_error) - 1, what);
+    if (!refused) c->unavailable = 1;
     if (after_ms > c->retry_after_ms) c->retry_after_ms = after_ms;
     if (c->provider < 64) c->failed |= (uint64_t)1 << c->provider;
     c->provider++;
     try_provider(c);
+}
+
+static void next_provider(ai_call_t *c, const char *what, long long after_ms)
+{
+    next_provider_as(c, what, after_ms, 0);
 }
 
 static json_t *provider_at(const ai_call_t *c)
@@ -174,6 +185,11 @@ static void on_response(void *arg, const wk_http_resp_t *resp)
         provider_message(resp, msg, sizeof(msg));
         next_provider(c, msg, resp->retry_after_ms > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS
                                                                        : resp->retry_after_ms);
+        return;
+    }
+    if (resp->status == 401 || resp->status == 403 || resp->status == 404) {
+        provider_message(resp, msg, sizeof(msg)); /* its key, region or models: another */
+        next_provider_as(c, msg, -1, 1);           /* provider may take the request */
         return;
     }
     if (resp->status < 200 || resp->status >= 300) {
@@ -317,7 +333,10 @@ static void try_provider(ai_call_t *c)
     if (!provider_at(c)) { /* every provider failed this attempt */
         char msg[300];
         snprintf(msg, sizeof(msg), "%s", c->last_error[0] ? c->last_error : "no provider");
-        fail(c, "PROVIDER_UNAVAILABLE", msg, 1, c->retry_after_ms);
+        if (c->unavailable || !c->last_error[0])
+            fail(c, "PROVIDER_UNAVAILABLE", msg, 1, c->retry_after_ms);
+        else /* every provider refused it */
+            fail(c, "PROVIDER_ERROR", msg, 0, -1);
         return;
     }
     reserve(c);

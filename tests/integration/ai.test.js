@@ -277,6 +277,34 @@ test('a primary provider out of rate-limit slots: the fallback answers; when eve
     assert.equal(await via('three'), 'p1', 'both out: p1 frees first (2 s, p2 30 s)');
   }));
 
+test('a 401 from the primary (its key refused): the fallback answers; when every provider refuses, the job fails at once, not retried',
+  { timeout: 60000 }, async () => {
+    const locked = await startProvider(['--api-key', 'the-right-key']);
+    try {
+      await withAi({
+        env: { TEST_WRONG_KEY: 'a-wrong-key' },
+        models: (p) => ({
+          providers: [provider('locked', locked.url, { apiKeyRef: 'env:TEST_WRONG_KEY' }),
+            provider('open', p.url)],
+          models: [model('m1', ['locked', 'open']), model('m2', ['locked'])] }),
+      }, async (s) => {
+        const r = await s.api('POST', '/v1/chat/completions', { body: chat('who answers?') });
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.conveyor.provider, 'open');
+        assert.equal(r.json.conveyor.tried[0].provider, 'locked');
+        assert.equal(r.json.conveyor.tried[0].status, 401);
+        const only = await s.api('POST', '/v1/chat/completions', { body: { ...chat('x'), model: 'm2' } });
+        assertError(assert, only, 502, 'PROVIDER_ERROR');
+        assert.match(only.json.error.message, /401/);
+        const job = (await s.api('GET', `/v1/jobs/${only.json.error.details.jobId}`)).json;
+        assert.equal(job.status, 'failed');
+        assert.equal(job.attempt, 1, 'not retried');
+      });
+    } finally {
+      locked.stop();
+    }
+  });
+
 test('per-provider rate limit (4 per 1 s) never exceeded across two worker processes',
   { timeout: 90000 }, () => withAi({
     workers: 2,
