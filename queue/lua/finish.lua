@@ -34,11 +34,13 @@ local function finish(jk, id, outcome, payload, delay)
     redis.call('HSET', jk, 'status', 'succeeded', 'result', payload, 'finished', now)
     return 'succeeded'
   end
-  local cur = redis.call('HMGET', jk, 'attempt', 'max_attempts', 'history', 'cancel')
+  local cur = redis.call('HMGET', jk, 'attempt', 'max_attempts', 'history', 'cancel', 'forgiven')
   -- a cancel asked for while the attempt ran wins over trying again
   if outcome == 'retry' and cur[4] == '1' then outcome = 'canceled' end
   record_error(jk, cur[1], cur[3], payload)
-  if outcome == 'retry' and (tonumber(cur[1]) or 0) < (tonumber(cur[2]) or 0) then
+  -- attempts that count: a forgiven lost lease does not (see reclaim.lua)
+  local used = (tonumber(cur[1]) or 0) - (tonumber(cur[5]) or 0)
+  if outcome == 'retry' and used < (tonumber(cur[2]) or 0) then
     local due = tonumber(now) + math.max(0, tonumber(delay) or 0)
     -- the next attempt starts from no progress
     redis.call('HSET', jk, 'status', 'scheduled', 'run_at', due, 'progress', 0, 'pmsg', '')

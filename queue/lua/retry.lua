@@ -14,7 +14,7 @@ local qk = ARGV[1] .. '{' .. q .. '}:'
 redis.call('PERSIST', jk)
 redis.call('ZREM', qk .. 'dead', ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('HDEL', jk, 'result', 'finished', 'cancel', 'worker')
+redis.call('HDEL', jk, 'result', 'finished', 'cancel', 'worker', 'forgiven')
 redis.call('HSET', jk, 'status', 'queued', 'attempt', 0, 'progress', 0, 'run_at', now,
   'updated', now)
 local seq = redis.call('INCR', KEYS[2])

@@ -2,7 +2,7 @@
 // Retries with backoff, non-retryable failures, dead jobs, manual retry, timeouts.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { withStack, assertError } = require('./lib/stack');
+const { withStack, waitFor, assertError } = require('./lib/stack');
 
 function assertHistory(job, expected) {
   assert.ok(Array.isArray(job.attempts), 'attempts is an array');
@@ -71,14 +71,23 @@ test('attempts exhausted → dead; manual retry runs it again (history grows); 4
       404, 'NOT_FOUND');
   }));
 
-test('dead by lease expiry (worker kill -9, maxAttempts 1) → manual retry → succeeded',
+test('a lost lease is forgiven once: kill -9 (maxAttempts 1) → runs again on another worker; killed again → dead (LEASE_EXPIRED) → manual retry → succeeded',
   { timeout: 60000 }, () => withStack({}, async (s) => {
     const job = await s.enqueueJob({ type: 'sleep', input: { ms: 3000 }, maxAttempts: 1 });
     await s.waitStatus(job.id, 'running');
     await s.killWorker(0, 'SIGKILL');
+    s.startWorker();
+    // reclaimed after the lease, and run again although its one attempt was taken: the
+    // worker may have died before it started the job
+    const second = await waitFor(async () => {
+      const j = await s.job(job.id);
+      return j.status === 'running' && j.attempt === 2 && j;
+    }, { timeout: 20000, what: 'attempt 2 running on the new worker' });
+    assertHistory(second, [[1, 'LEASE_EXPIRED']]);
+    await s.killWorker(1, 'SIGKILL');
     const dead = await s.waitStatus(job.id, 'dead', { timeout: 20000 });
     assert.equal(dead.error.code, 'LEASE_EXPIRED');
-    assertHistory(dead, [[1, 'LEASE_EXPIRED']]);
+    assertHistory(dead, [[1, 'LEASE_EXPIRED'], [2, 'LEASE_EXPIRED']]);
     assert.equal(await s.redis('ZSCORE', s.queueKey('default', 'working'), job.id), '',
       'not in the working set any more');
 

@@ -91,6 +91,37 @@ test('enqueue under an id Redis holds (a restore racing another) leaves the live
   assert.equal(raw('ZSCORE', f.q('ready'), f.id), '', 'not queued a second time');
 });
 
+test('reclaim forgives a job\'s first lost lease (it runs again past its attempts), not the second; finish does not count the forgiven one', () => {
+  const f = fixture();
+  const reclaim = () => raw('EVAL', lua('reclaim'), '6', f.q('working'), f.q('ready'), f.q('marker'),
+    f.q('dead'), `${f.P}done`, f.q('stats'), f.P, '100', `${f.P}ch:done`);
+  const leased = (attempt) => {
+    raw('HSET', f.job, 'status', 'running', 'token', String(attempt), 'attempt', String(attempt),
+      'max_attempts', '1', 'priority', '5', 'queue', 'default', 'rec', 'x');
+    raw('ZADD', f.q('working'), '1', f.id); // a lease long expired
+  };
+  leased(1);
+  assert.equal(reclaim(), '1');
+  assert.equal(raw('HGET', f.job, 'status'), 'queued', 'forgiven: queued again');
+  assert.equal(raw('HGET', f.job, 'forgiven'), '1');
+  assert.notEqual(raw('ZSCORE', f.q('ready'), f.id), '');
+  raw('ZREM', f.q('ready'), f.id);
+  leased(2);
+  assert.equal(reclaim(), '1');
+  assert.equal(raw('HGET', f.job, 'status'), 'dead', 'the second lost lease counts');
+  assert.notEqual(raw('ZSCORE', f.q('dead'), f.id), '');
+
+  // maxAttempts 2, one lost lease forgiven: attempt 2 failing is the first that counts
+  const g = fixture();
+  raw('HSET', g.job, 'status', 'running', 'token', '2', 'attempt', '2', 'max_attempts', '2',
+    'forgiven', '1', 'priority', '5', 'queue', 'default', 'rec', 'x');
+  raw('ZADD', g.q('working'), '9999999999999', g.id);
+  const out = raw('EVAL', lua('finish'), '5', g.q('working'), g.q('scheduled'), g.q('dead'),
+    `${g.P}done`, g.q('stats'), g.P, `${g.P}ch:done`, g.id, '2', 'retry',
+    '{"code":"X","message":"boom","retryable":true}', '10');
+  assert.equal(out, 'scheduled', 'one attempt of two used: tried again');
+});
+
 test('a job restored under its own id leases with tokens above those of its earlier life', () => {
   const f = fixture();
   const fetchOne = () => raw('EVAL', lua('fetch'), '5', f.q('ready'), f.q('working'), f.q('marker'),
