@@ -730,7 +730,7 @@ main() {
     CONVEYOR_JWT_SECRET=$(openssl rand -hex 32)
     export CONVEYOR_OPERATOR_TOKEN CONVEYOR_JWT_SECRET BENCH_TOKEN CONVEYOR_LOG_LEVEL=warn
     timeout 60 "$BIN" migrate >"$LOGS/migrate.log" 2>&1 || die "conveyor migrate failed (build/bench/logs/migrate.log)"
-    say "Redis 127.0.0.1:$RPORT, PostgreSQL 127.0.0.1:$PPORT; $(nproc) cores shared by everything"
+    say "Redis 127.0.0.1:$RPORT, PostgreSQL on a unix socket (port $PPORT); $(nproc) cores shared by everything"
 
     local round
     if want a; then

@@ -7,7 +7,7 @@
 #   CONVEYOR_VAR              state directory             (default: ./var)
 #   CONVEYOR_BIN              the conveyor binary         (default: bin/conveyor)
 #   CONVEYOR_RUN_REDIS_PORT   Redis port                  (default: 16379)
-#   CONVEYOR_RUN_PG_PORT      PostgreSQL port             (default: 15432)
+#   CONVEYOR_RUN_PG_PORT      PostgreSQL socket's port    (default: 15432; no TCP listener)
 #   CONVEYOR_LISTEN           API address, loopback only  (default: 127.0.0.1:8080)
 #   CONVEYOR_RUN_PROVIDER_PORT  the local OpenAI-compatible test provider (default: 18091)
 # Files: var/operator_token, var/jwt_secret, var/admin_credentials (0600, created once),
@@ -193,7 +193,7 @@ banner() {
     cat <<EOF
 
   Conveyor is running on $base
-  (Redis 127.0.0.1:$REDIS_PORT and PostgreSQL 127.0.0.1:$PG_PORT, data in $VAR)
+  (Redis 127.0.0.1:$REDIS_PORT, PostgreSQL on a private unix socket only; data in $VAR)
 
   Operator token (also in $VAR/operator_token):
     TOKEN=$CONVEYOR_OPERATOR_TOKEN

@@ -4,10 +4,11 @@
 #   ops/services.sh start DIR REDIS_PORT PG_PORT [--fast]
 #   ops/services.sh stop DIR
 #
-# start: Redis data in DIR/redis, PostgreSQL data in DIR/pg/data, both on
-#   127.0.0.1 only; creates role and database `conveyor`; writes DIR/env:
+# start: Redis data in DIR/redis on 127.0.0.1; PostgreSQL data in DIR/pg/data, on a unix
+#   socket only (in a 0700 directory; PG_PORT names the socket), no TCP listener; creates
+#   role and database `conveyor`; writes DIR/env:
 #     CONVEYOR_REDIS_URL='redis://127.0.0.1:REDIS_PORT'
-#     CONVEYOR_DATABASE_URL='host=127.0.0.1 port=PG_PORT dbname=conveyor user=conveyor'
+#     CONVEYOR_DATABASE_URL='host=SOCKET_DIR port=PG_PORT dbname=conveyor user=conveyor'
 #   (load it with: set -a; . DIR/env; set +a). Servers already running from
 #   DIR are reused. --fast trades durability for speed (tests only): no Redis
 #   AOF, PostgreSQL without fsync.
@@ -285,7 +286,8 @@ pg_pid() {
     printf '%s\n' "$pid"
 }
 
-pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1" -t 2 >/dev/null 2>&1; }
+# pg_ready SOCKDIR PORT — the server answers on its unix socket.
+pg_ready() { "$PG_BIN/pg_isready" -q -h "$1" -p "$2" -t 2 >/dev/null 2>&1; }
 
 pg_init() {
     [[ -s $PG_DATA/PG_VERSION ]] && return 0
@@ -295,8 +297,9 @@ pg_init() {
     mkdir -p "$PG_DATA"
     chmod 700 "$PG_DATA"
     give_to_pg "$PG_DATA"
-    # -A trust: no passwords. Acceptable because the server listens on
-    # 127.0.0.1 only and its unix socket directory is private (0700).
+    # -A trust: no passwords. Acceptable because the server listens on no TCP port at
+    # all, only on a unix socket in a private (0700) directory: only its own user and
+    # root reach it (a 127.0.0.1 listener would let every local user in).
     if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres \
         --encoding=UTF8 --locale=C.UTF-8 >"$PG_BASE/initdb.log" 2>&1; then
         tail -n 20 "$PG_BASE/initdb.log" >&2 || true
@@ -309,37 +312,37 @@ pg_start() {
     local dir=$1 port=$2 fast=$3 pid sock opts
     pg_prepare_base "$dir"
     pg_init
+    sock=$(pg_sockdir "$dir")
     if pid=$(pg_pid); then
-        pg_ready "$port" ||
-            die "PostgreSQL from $PG_DATA (pid $pid) runs, but not on 127.0.0.1:$port; stop it first: ops/services.sh stop $dir"
-        log "reusing PostgreSQL (pid $pid) on 127.0.0.1:$port"
+        pg_ready "$sock" "$port" ||
+            die "PostgreSQL from $PG_DATA (pid $pid) runs, but not on port $port; stop it first: ops/services.sh stop $dir"
+        log "reusing PostgreSQL (pid $pid) on $sock, port $port"
         return 0
     fi
-    port_in_use "$port" && die "127.0.0.1:$port (PostgreSQL port) is already in use by another program"
-    sock=$(pg_sockdir "$dir")
-    opts="-p $port -c listen_addresses=127.0.0.1 -k $sock"
+    # no TCP listener (-h ''): the unix socket in $sock only (see pg_init)
+    opts="-p $port -k $sock"
     # Tests only: never for data that must survive a crash.
     ((fast)) && opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     # the postmaster itself, not pg_ctl start: pg_ctl puts it in a session of its own
     # (see in_background); pg_ctl stop still works from postmaster.pid
     # shellcheck disable=SC2086 # opts: words made of shell-safe paths (pg_sockdir)
-    in_background "$PG_LOG" as_pg "$PG_BIN/postgres" -D "$PG_DATA" $opts
+    in_background "$PG_LOG" as_pg "$PG_BIN/postgres" -D "$PG_DATA" -h '' $opts
     local deadline=$((SECONDS + START_TIMEOUT))
-    until pg_ready "$port"; do
+    until pg_ready "$sock" "$port"; do
         if ((SECONDS >= deadline)) || ! pid_alive "$STARTED_PID"; then
             tail -n 20 "$PG_LOG" >&2 || true
-            die "PostgreSQL failed to start on 127.0.0.1:$port (log: $PG_LOG)"
+            die "PostgreSQL failed to start on $sock, port $port (log: $PG_LOG)"
         fi
         sleep 0.1
     done
-    log "PostgreSQL started on 127.0.0.1:$port (data: $PG_DATA)"
+    log "PostgreSQL started on $sock, port $port (data: $PG_DATA)"
 }
 
-# pg_bootstrap PORT — role and database `conveyor`, if absent.
+# pg_bootstrap SOCKDIR PORT — role and database `conveyor`, if absent.
 pg_bootstrap() {
-    local port=$1
-    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
-        >/dev/null <<'SQL' || die "could not create role/database conveyor on 127.0.0.1:$port"
+    local sock=$1 port=$2
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres \
+        >/dev/null <<'SQL' || die "could not create role/database conveyor on $sock, port $port"
 SELECT 'CREATE ROLE conveyor LOGIN'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'conveyor')\gexec
 SELECT 'CREATE DATABASE conveyor OWNER conveyor'
@@ -362,10 +365,10 @@ pg_stop() {
 # ---------------------------------------------------------------- commands
 
 write_env() {
-    local dir=$1 rport=$2 pport=$3
+    local dir=$1 rport=$2 pport=$3 sock=$4
     {
         printf "CONVEYOR_REDIS_URL='redis://127.0.0.1:%s'\n" "$rport"
-        printf "CONVEYOR_DATABASE_URL='host=127.0.0.1 port=%s dbname=conveyor user=conveyor'\n" "$pport"
+        printf "CONVEYOR_DATABASE_URL='host=%s port=%s dbname=conveyor user=conveyor'\n" "$sock" "$pport"
     } >"$dir/env.tmp"
     mv -f "$dir/env.tmp" "$dir/env"
 }
@@ -397,8 +400,10 @@ cmd_start() {
     dir=$(cd "$dir" && pwd)
     redis_start "$dir" "$rport" "$fast"
     pg_start "$dir" "$pport" "$fast"
-    pg_bootstrap "$pport"
-    write_env "$dir" "$rport" "$pport"
+    local sock
+    sock=$(pg_sockdir "$dir")
+    pg_bootstrap "$sock" "$pport"
+    write_env "$dir" "$rport" "$pport" "$sock"
 }
 
 cmd_stop() {
