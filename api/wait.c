@@ -96,7 +96,8 @@ static redisContext *subscribe(api_waits_t *w, long long *cache_id)
 
     *cache_id = 0;
     if (!c) return NULL;
-    if (c->err || redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK)
+    if (c->err || redisSetTimeout(c, tv) != REDIS_OK || redisEnableKeepAlive(c) != REDIS_OK ||
+        q_redis_auth(c) != 0)
         goto fail;
     if (w->cache && (*cache_id = cache_client_id(c)) < 0) goto fail;
     {

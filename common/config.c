@@ -24,7 +24,7 @@ struct cfg_entry {
 
 static const struct cfg_entry entries[] = {
     E("CONVEYOR_REDIS_URL", T_STR, "redis://127.0.0.1:6379", 0, 0, redis_url,
-      "Redis server (`redis://host:port`)"),
+      "Redis server (`redis://[[user:]password@]host:port`; a password is sent with AUTH)"),
     E("CONVEYOR_REDIS_PREFIX", T_STR, "cv", 0, 0, redis_prefix,
       "prefix of every Redis key, 1-32 of [A-Za-z0-9_.:-] (several deployments may share one Redis)"),
     E("CONVEYOR_REDIS_TIMEOUT_MS", T_INT, "2000", 50, 600000, redis_timeout_ms,
@@ -105,6 +105,25 @@ static int parse_redis_url(char *err, size_t errlen)
     size_t hl;
 
     if (strncmp(u, "redis://", 8) == 0) u += 8;
+    cm_cfg.redis_user[0] = cm_cfg.redis_password[0] = '\0';
+    {
+        /* [[user:]password@]: as redis-cli -u takes it (no percent-decoding) */
+        const char *at = strrchr(u, '@'), *sep;
+        if (at) {
+            sep = memchr(u, ':', (size_t)(at - u));
+            const char *pw = sep ? sep + 1 : u;
+            size_t ul = sep ? (size_t)(sep - u) : 0, pl = (size_t)(at - pw);
+            if (ul >= sizeof(cm_cfg.redis_user) || pl >= sizeof(cm_cfg.redis_password) || pl == 0) {
+                snprintf(err, errlen, "CONVEYOR_REDIS_URL: bad user or password");
+                return -1;
+            }
+            memcpy(cm_cfg.redis_user, u, ul);
+            cm_cfg.redis_user[ul] = '\0';
+            memcpy(cm_cfg.redis_password, pw, pl);
+            cm_cfg.redis_password[pl] = '\0';
+            u = at + 1;
+        }
+    }
     colon = strrchr(u, ':');
     hl = colon ? (size_t)(colon - u) : strlen(u);
     if (colon) {

@@ -15,7 +15,9 @@ typedef struct cm_config {
     /* connections */
     char redis_host[256];
     int redis_port;
-    char *redis_url;       /* CONVEYOR_REDIS_URL, redis://host:port */
+    char redis_user[128];      /* from the URL's user info ("" : none; a secret's name) */
+    char redis_password[256];  /* from the URL ("" : no AUTH); never logged */
+    char *redis_url;       /* CONVEYOR_REDIS_URL, redis://[[user:]password@]host:port */
     char *redis_prefix;    /* key prefix, "cv" */
     char *database_url;    /* libpq conninfo */
     char *pg_schema;       /* schema for all tables ("public") */

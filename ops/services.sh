@@ -4,10 +4,12 @@
 #   ops/services.sh start DIR REDIS_PORT PG_PORT [--fast]
 #   ops/services.sh stop DIR
 #
-# start: Redis data in DIR/redis on 127.0.0.1; PostgreSQL data in DIR/pg/data, on a unix
-#   socket only (in a 0700 directory; PG_PORT names the socket), no TCP listener; creates
-#   role and database `conveyor`; writes DIR/env:
-#     CONVEYOR_REDIS_URL='redis://127.0.0.1:REDIS_PORT'
+# start: Redis data in DIR/redis on 127.0.0.1, with a password made once (DIR/redis/
+#   password, 0600); PostgreSQL data in DIR/pg/data, on a unix socket only (in a 0700
+#   directory; PG_PORT names the socket), no TCP listener; creates role and database
+#   `conveyor`; writes DIR/env (0600):
+#     CONVEYOR_REDIS_URL='redis://:PASSWORD@127.0.0.1:REDIS_PORT'
+#     REDISCLI_AUTH='PASSWORD'   (redis-cli takes it from there)
 #     CONVEYOR_DATABASE_URL='host=SOCKET_DIR port=PG_PORT dbname=conveyor user=conveyor'
 #   (load it with: set -a; . DIR/env; set +a). Servers already running from
 #   DIR are reused. --fast trades durability for speed (tests only): no Redis
@@ -210,8 +212,29 @@ pg_forget_sockdir() {
 
 # ---------------------------------------------------------------- Redis
 
+# redis_password DIR — print the private Redis's password, made once (DIR/redis/password,
+# 0600). Every local user can reach 127.0.0.1: without one, anyone could write Conveyor's
+# keys (an admin API key record, say).
+redis_password() {
+    local f=$1/redis/password pw
+    if [[ ! -s $f ]]; then
+        pw=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+        [[ ${#pw} == 48 ]] || die "cannot make a Redis password"
+        (umask 077 && printf '%s\n' "$pw" >"$f.tmp") && mv -f "$f.tmp" "$f"
+    fi
+    head -n 1 "$f"
+}
+
+# redis_cli DIR ARGS... — redis-cli against the private Redis (the password in
+# REDISCLI_AUTH, never on a command line).
+redis_cli() {
+    local dir=$1
+    shift
+    REDISCLI_AUTH=$(redis_password "$dir") redis-cli -h 127.0.0.1 "$@"
+}
+
 redis_ping() {
-    [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]
+    [[ $(redis_cli "$1" -p "$2" ping 2>/dev/null) == PONG ]]
 }
 
 # redis_pid DIR — print the pid of the Redis server running from DIR.
@@ -228,7 +251,7 @@ redis_start() {
     mkdir -p "$rdir"
     chmod 700 "$rdir"
     if pid=$(redis_pid "$dir"); then
-        redis_ping "$port" ||
+        redis_ping "$dir" "$port" ||
             die "Redis from $rdir (pid $pid) runs, but not on 127.0.0.1:$port; stop it first: ops/services.sh stop $dir"
         log "reusing Redis (pid $pid) on 127.0.0.1:$port"
         return 0
@@ -238,13 +261,15 @@ redis_start() {
     rm -f "$rdir/redis.pid"
     printf '%s\n' "$port" >"$rdir/port"
     if ((fast)); then echo fast >"$rdir/mode"; else echo durable >"$rdir/mode"; fi
+    # the password from a file only Redis's user reads (not on its command line)
+    (umask 077 && printf 'requirepass %s\n' "$(redis_password "$dir")" >"$rdir/redis.conf")
     # not --daemonize: that would give Redis a session of its own (see in_background)
-    in_background "$rdir/redis.out" redis-server --port "$port" --bind 127.0.0.1 \
+    in_background "$rdir/redis.out" redis-server "$rdir/redis.conf" --port "$port" --bind 127.0.0.1 \
         --protected-mode yes --dir "$rdir" --appendonly "$aof" --appendfsync everysec \
         --save '' --hash-max-listpack-value 1024 \
         --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log"
     local deadline=$((SECONDS + START_TIMEOUT))
-    until redis_ping "$port"; do
+    until redis_ping "$dir" "$port"; do
         if ((SECONDS >= deadline)) || ! pid_alive "$STARTED_PID"; then
             tail -n 20 "$rdir/redis.log" >&2 || true
             die "Redis did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s (log: $rdir/redis.log)"
@@ -264,9 +289,9 @@ redis_stop() {
     mode=$(cat "$rdir/mode" 2>/dev/null || true)
     if [[ -n $port ]]; then
         if [[ $mode == fast ]]; then
-            redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+            redis_cli "$dir" -p "$port" shutdown nosave >/dev/null 2>&1 || true
         else
-            redis-cli -h 127.0.0.1 -p "$port" shutdown >/dev/null 2>&1 || true
+            redis_cli "$dir" -p "$port" shutdown >/dev/null 2>&1 || true
         fi
         wait_gone "$pid" 10 || true
     fi
@@ -365,11 +390,16 @@ pg_stop() {
 # ---------------------------------------------------------------- commands
 
 write_env() {
-    local dir=$1 rport=$2 pport=$3 sock=$4
-    {
-        printf "CONVEYOR_REDIS_URL='redis://127.0.0.1:%s'\n" "$rport"
-        printf "CONVEYOR_DATABASE_URL='host=%s port=%s dbname=conveyor user=conveyor'\n" "$sock" "$pport"
-    } >"$dir/env.tmp"
+    local dir=$1 rport=$2 pport=$3 sock=$4 pw
+    pw=$(redis_password "$dir")
+    (
+        umask 077 # it holds the Redis password
+        {
+            printf "CONVEYOR_REDIS_URL='redis://:%s@127.0.0.1:%s'\n" "$pw" "$rport"
+            printf "REDISCLI_AUTH='%s'\n" "$pw"
+            printf "CONVEYOR_DATABASE_URL='host=%s port=%s dbname=conveyor user=conveyor'\n" "$sock" "$pport"
+        } >"$dir/env.tmp"
+    )
     mv -f "$dir/env.tmp" "$dir/env"
 }
 

@@ -55,13 +55,30 @@ static void drop(q_conn_t *c)
     c->rc = NULL;
 }
 
+int q_redis_auth(redisContext *rc)
+{
+    redisReply *r;
+    int ok;
+
+    if (!cm_cfg.redis_password[0]) return 0;
+    r = cm_cfg.redis_user[0]
+            ? redisCommand(rc, "AUTH %s %s", cm_cfg.redis_user, cm_cfg.redis_password)
+            : redisCommand(rc, "AUTH %s", cm_cfg.redis_password);
+    ok = r && r->type == REDIS_REPLY_STATUS;
+    if (!ok && r && r->type == REDIS_REPLY_ERROR)
+        snprintf(rc->errstr, sizeof(rc->errstr), "AUTH refused: %.100s", r->str);
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
 redisContext *q_conn_redis(q_conn_t *c)
 {
     struct timeval tv = {c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000};
     if (c->rc) return c->rc;
     if (cm_mono_ms() < c->retry_after) return NULL;
     c->rc = redisConnectWithTimeout(c->host, c->port, tv);
-    if (!c->rc || c->rc->err || redisSetTimeout(c->rc, tv) != REDIS_OK) {
+    if (!c->rc || c->rc->err || redisSetTimeout(c->rc, tv) != REDIS_OK ||
+        q_redis_auth(c->rc) != 0) {
         LOG_WARN("redis %s:%d unreachable: %s", c->host, c->port,
                  c->rc ? c->rc->errstr : "out of memory");
         drop(c);

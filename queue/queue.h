@@ -127,6 +127,10 @@ void q_conn_free(q_conn_t *c);
  * Borrowed: valid until the next q_* call on c. */
 redisContext *q_conn_redis(q_conn_t *c);
 
+/* Sends AUTH on a new connection when CONVEYOR_REDIS_URL carries a password (q_conn_redis
+ * does it). Returns 0, or -1 with the reason in rc->errstr (never the password). */
+int q_redis_auth(redisContext *rc);
+
 /* "cv:" — the prefix with its colon. Borrowed. */
 const char *q_conn_prefix(const q_conn_t *c);
 

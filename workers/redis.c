@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -105,6 +106,18 @@ static void subscribe_now(wk_redis_t *r)
         r->deadline = uv_now(r->loop) + (uint64_t)r->timeout_ms;
 }
 
+/* A refused AUTH: nothing else will work on this connection; drop it (and retry later). */
+static void on_auth(redisAsyncContext *ac, void *reply, void *data)
+{
+    redisReply *x = reply;
+    wk_redis_t *r = ac->data;
+    (void)data;
+    if (x && x->type == REDIS_REPLY_ERROR && r && r->ac == ac) {
+        LOG_ERR("redis %s: AUTH refused: %.100s", r->name, x->str);
+        redisAsyncDisconnect(ac);
+    }
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     wk_redis_t *r = ac->data;
@@ -119,6 +132,16 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     if (r->failures > 0) LOG_INFO("redis %s: connected to %s:%d", r->name, r->host, r->port);
+    /* AUTH goes first; commands sent from here on queue behind it */
+    if (cm_cfg.redis_password[0] &&
+        (cm_cfg.redis_user[0] ? redisAsyncCommand((redisAsyncContext *)ac, on_auth, NULL, "AUTH %s %s",
+                                                  cm_cfg.redis_user, cm_cfg.redis_password)
+                              : redisAsyncCommand((redisAsyncContext *)ac, on_auth, NULL, "AUTH %s",
+                                                  cm_cfg.redis_password)) != REDIS_OK) {
+        LOG_WARN("redis %s: cannot send AUTH", r->name);
+        redisAsyncDisconnect((redisAsyncContext *)ac);
+        return;
+    }
     r->state = ST_UP; /* failures are forgotten at the first answer */
     r->deadline = 0;
     uv_timer_start(&r->timer, on_timer, CHECK_MS, 0); /* the watchdog */

@@ -18,7 +18,8 @@
 //   BULLMQ_RSS idle_mib=M busy_mib=M
 //
 // Exits 0, or 1 after BENCH_TIMEOUT_S seconds or on an error.
-// Environment: BENCH_REDIS_PORT (required; host is 127.0.0.1), BENCH_MODE (noop),
+// Environment: BENCH_REDIS_PORT (required; host is 127.0.0.1), REDISCLI_AUTH (its password,
+// if any), BENCH_MODE (noop),
 // BENCH_JOBS (100000), BENCH_CONCURRENCY (100), BENCH_QUEUE ("bench"), BENCH_PREFIX
 // ("bmq"), BENCH_TIMEOUT_S (300).
 'use strict';
@@ -117,13 +118,15 @@ async function main() {
   const port = intEnv('BENCH_REDIS_PORT', 0);
   if (!port) throw new Error('BENCH_REDIS_PORT is required');
   const mode = process.env.BENCH_MODE || 'noop';
+  // the bench's Redis wants a password (ops/services.sh puts it in REDISCLI_AUTH)
+  const auth = process.env.REDISCLI_AUTH ? { password: process.env.REDISCLI_AUTH } : {};
   const cfg = {
     jobs: intEnv('BENCH_JOBS', 100000),
     concurrency: intEnv('BENCH_CONCURRENCY', 100),
     name: process.env.BENCH_QUEUE || 'bench',
     // BullMQ's Worker needs maxRetriesPerRequest: null on its blocking connection.
     opts: {
-      connection: { host: '127.0.0.1', port, maxRetriesPerRequest: null },
+      connection: { host: '127.0.0.1', port, maxRetriesPerRequest: null, ...auth },
       prefix: process.env.BENCH_PREFIX || 'bmq',
     },
   };

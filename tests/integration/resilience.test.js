@@ -53,3 +53,21 @@ return 1`, '0');
         assert.ok(p.alive, `${p.name} survived the busy Redis`);
       }
     }));
+
+test('a wrong Redis password: the api says Redis is down (/readyz 503, POST 503), the worker says AUTH was refused, neither logs a password',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const url = new URL(process.env.CONVEYOR_REDIS_URL);
+    const wrong = 'not-the-password-0123456789';
+    const env = { CONVEYOR_REDIS_URL: `redis://:${wrong}@${url.hostname}:${url.port}` };
+    const api = await s.startExtraApi(env);
+    const ready = await api.api('GET', '/readyz', { token: null });
+    assert.equal(ready.status, 503, ready.text);
+    assertError(assert, await api.api('POST', '/v1/jobs', { body: { type: 'noop' } }), 503,
+      'SERVICE_UNAVAILABLE');
+    const worker = s.workers[s.startWorker(env)];
+    await waitFor(() => /AUTH refused/.test(worker.log()), { timeout: 10000, what: 'the worker\'s AUTH refused line' });
+    for (const p of [api.proc, worker]) {
+      assert.ok(!p.log().includes(wrong), `${p.name} logs no password`);
+      if (url.password) assert.ok(!p.log().includes(url.password), `${p.name} logs no password`);
+    }
+  }));

@@ -11,10 +11,13 @@ const path = require('node:path');
 
 const lua = (name) => fs.readFileSync(path.join(__dirname, '..', '..', 'queue', 'lua', `${name}.lua`), 'utf8');
 const url = new URL(process.env.CONVEYOR_REDIS_URL);
+// the password (if any) in REDISCLI_AUTH, not on the command line
+const env = { ...process.env, REDISCLI_AUTH: decodeURIComponent(url.password) };
+if (!url.password) delete env.REDISCLI_AUTH;
 const cli = (...args) => execFileSync('redis-cli', ['-h', url.hostname, '-p', url.port, '--no-raw', ...args],
-  { encoding: 'utf8' }).trim();
+  { encoding: 'utf8', env }).trim();
 const raw = (...args) => execFileSync('redis-cli', ['-h', url.hostname, '-p', url.port, ...args],
-  { encoding: 'utf8' }).trim();
+  { encoding: 'utf8', env }).trim();
 
 function fixture() {
   const P = `s${crypto.randomBytes(4).toString('hex')}:`;

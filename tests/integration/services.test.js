@@ -63,7 +63,29 @@ test('services.sh: Redis and PostgreSQL run in the caller\'s session, in process
         assert.notEqual(them.pgrp, me.pgrp, `${name} is out of the caller's process group`);
         assert.equal(autogroup(pid), autogroup(process.pid), `${name} shares the caller's autogroup`);
       }
-      assert.equal(execFileSync('redis-cli', ['-p', rport, 'ping'], { encoding: 'utf8' }).trim(), 'PONG');
+      // Redis wants its password; PostgreSQL listens on no TCP port, only its socket
+      const password = fs.readFileSync(path.join(dir, 'redis', 'password'), 'utf8').trim();
+      assert.match(password, /^[0-9a-f]{48}$/);
+      for (const f of ['env', 'redis/password', 'redis/redis.conf']) {
+        assert.equal(fs.statSync(path.join(dir, f)).mode & 0o077, 0, `${f} is private`);
+      }
+      const envFile = fs.readFileSync(path.join(dir, 'env'), 'utf8');
+      assert.ok(envFile.includes(`CONVEYOR_REDIS_URL='redis://:${password}@127.0.0.1:${rport}'`), envFile);
+      const cli = (auth, ...args) => {
+        const env = { ...process.env };
+        delete env.REDISCLI_AUTH;
+        if (auth) env.REDISCLI_AUTH = auth;
+        return execFileSync('redis-cli', ['-p', rport, ...args], { encoding: 'utf8', env }).trim();
+      };
+      assert.match(cli(null, 'get', 'x'), /NOAUTH/);
+      assert.match(cli('wrong', 'get', 'x'), /NOAUTH|WRONGPASS|invalid/i);
+      assert.equal(cli(password, 'ping'), 'PONG');
+      const dbUrl = /CONVEYOR_DATABASE_URL='([^']*)'/.exec(envFile)[1];
+      assert.match(dbUrl, /^host=\//, 'PostgreSQL is reached through its socket directory');
+      assert.equal(execFileSync('psql', [dbUrl, '-X', '-A', '-t', '-c', 'SELECT 1'], { encoding: 'utf8' }).trim(), '1');
+      assert.throws(() => execFileSync('psql', [`host=127.0.0.1 port=${pport} dbname=conveyor user=conveyor connect_timeout=3`,
+        '-X', '-c', 'SELECT 1'], { encoding: 'utf8', stdio: 'pipe' }), /refused|could not connect/i,
+      'no TCP listener on 127.0.0.1');
       run('stop', dir);
       for (const [name, pid] of Object.entries(servers)) assert.ok(!alive(pid), `${name} stopped`);
     } finally {

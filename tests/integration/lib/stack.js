@@ -61,10 +61,22 @@ function randomName(len = 10) {
   return s;
 }
 
+// {host, port, password} of a redis://[[user:]password@]host[:port] URL (password '' if
+// none).
 function redisAddress(url) {
-  const m = /^(?:redis:\/\/)?([^:/]+)(?::(\d+))?/.exec(url);
-  if (!m) throw new Error(`cannot parse CONVEYOR_REDIS_URL ${url}`);
-  return { host: m[1], port: m[2] || '6379' };
+  const m = /^(?:redis:\/\/)?(?:(?:[^:@/]*:)?([^@]*)@)?([^:/@]+)(?::(\d+))?/.exec(url);
+  if (!m) throw new Error('cannot parse CONVEYOR_REDIS_URL');
+  return { host: m[2], port: m[3] || '6379', password: m[1] || '' };
+}
+
+// The environment for redis-cli against url: its password in REDISCLI_AUTH (never on
+// the command line), or none.
+function redisCliEnv(url) {
+  const { password } = redisAddress(url);
+  const env = { ...process.env };
+  if (password) env.REDISCLI_AUTH = password;
+  else delete env.REDISCLI_AUTH;
+  return env;
 }
 
 // run(file, args, opts) → {code, stdout, stderr} (text); rejects on spawn error or
@@ -96,7 +108,8 @@ async function redisCli(url, args, { input } = {}) {
   const { host, port } = redisAddress(url);
   const argv = ['-h', host, '-p', port];
   if (input !== undefined) argv.push('-x');
-  const { stdout } = await run('redis-cli', argv.concat(args.map(String)), { input });
+  const { stdout } = await run('redis-cli', argv.concat(args.map(String)),
+    { input, env: redisCliEnv(url) });
   return stdout.replace(/\n$/, '');
 }
 

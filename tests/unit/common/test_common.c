@@ -50,6 +50,30 @@ static void test_config_values_and_errors(void **state)
     assert_int_equal(cm_config_load(err, sizeof(err)), -1);
     unsetenv("CONVEYOR_CONCURRENCY");
 
+    setenv("CONVEYOR_REDIS_URL", "redis://:s3cret@127.0.0.1:6390", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_host, "127.0.0.1");
+    assert_int_equal(cm_cfg.redis_port, 6390);
+    assert_string_equal(cm_cfg.redis_user, "");
+    assert_string_equal(cm_cfg.redis_password, "s3cret");
+    setenv("CONVEYOR_REDIS_URL", "redis://alice:pa:ss@cache.local:7000/0", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_host, "cache.local");
+    assert_int_equal(cm_cfg.redis_port, 7000);
+    assert_string_equal(cm_cfg.redis_user, "alice");
+    assert_string_equal(cm_cfg.redis_password, "pa:ss");
+    setenv("CONVEYOR_REDIS_URL", "redis://onlypass@h", 1); /* as redis-cli -u: a password */
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_host, "h");
+    assert_string_equal(cm_cfg.redis_password, "onlypass");
+    setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:6379", 1);
+    assert_int_equal(cm_config_load(err, sizeof(err)), 0);
+    assert_string_equal(cm_cfg.redis_password, "");
+    setenv("CONVEYOR_REDIS_URL", "redis://alice:@h:1", 1); /* an empty password */
+    assert_int_equal(cm_config_load(err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "CONVEYOR_REDIS_URL"));
+    assert_null(strstr(err, "alice")); /* the URL is not echoed */
+
     setenv("CONVEYOR_REDIS_URL", "redis://host:99999", 1);
     assert_int_equal(cm_config_load(err, sizeof(err)), -1);
     assert_non_null(strstr(err, "port"));
