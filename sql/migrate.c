@@ -122,6 +122,9 @@ int sql_migrate(PGconn *c)
         return -1;
     }
     PQsetNoticeProcessor(c, on_notice, NULL);
+    /* Not the servers' statement timeout: a migration may take long, and so may the wait
+     * for another host's `conveyor migrate` to finish. */
+    if (run(c, "SET statement_timeout = 0", NULL, "lifting the statement timeout")) goto out;
     /* The lock comes first: concurrent CREATE SCHEMA IF NOT EXISTS can collide. */
     if (run(c, "SELECT pg_advisory_lock(" LOCK_KEY ")", NULL, "taking the migration lock"))
         goto out;

@@ -3,6 +3,7 @@
 // when a leader dies.
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
 const { withStack, waitFor } = require('./lib/stack');
 
 test('two schedulers, 200 delayed jobs: each runs exactly once',
@@ -50,3 +51,24 @@ test('a scheduler leader killed with -9: another takes over promotion and lease 
       assert.equal(done.attempt, 2);
       assert.equal(done.attempts[0].error.code, 'LEASE_EXPIRED');
     }));
+
+test('conveyor migrate waits for another migrate holding the lock, past the statement timeout',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    // another host's migrate: holds the migration lock for 3 s
+    const other = spawn('psql', [process.env.CONVEYOR_DATABASE_URL, '-X', '-q',
+      '-c', 'SELECT pg_advisory_lock(7165066986957401970)', '-c', 'SELECT pg_sleep(3)'],
+    { stdio: 'ignore' });
+    const exited = new Promise((resolve) => other.on('exit', resolve));
+    try {
+      await waitFor(async () => Number(await s.psql(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")) > 0,
+      { timeout: 10000, what: 'the other migrate holds the lock' });
+      const t0 = Date.now();
+      const r = await s.cli(['migrate'], { env: { CONVEYOR_PG_STATEMENT_TIMEOUT_MS: '1000' } });
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(Date.now() - t0 >= 1000, 'it waited for the lock, longer than the timeout');
+    } finally {
+      other.kill();
+      await exited;
+    }
+  }));
