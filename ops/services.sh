@@ -237,6 +237,12 @@ redis_ping() {
     [[ $(redis_cli "$1" -p "$2" ping 2>/dev/null) == PONG ]]
 }
 
+# redis_answers_as DIR PORT PID — the Redis answering on PORT is process PID (not another
+# server that took the port between our check and our bind).
+redis_answers_as() {
+    [[ $(redis_cli "$1" -p "$2" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p') == "$3" ]]
+}
+
 # redis_pid DIR — print the pid of the Redis server running from DIR.
 redis_pid() {
     local f=$1/redis/redis.pid pid
@@ -251,7 +257,7 @@ redis_start() {
     mkdir -p "$rdir"
     chmod 700 "$rdir"
     if pid=$(redis_pid "$dir"); then
-        redis_ping "$dir" "$port" ||
+        redis_answers_as "$dir" "$port" "$pid" ||
             die "Redis from $rdir (pid $pid) runs, but not on 127.0.0.1:$port; stop it first: ops/services.sh stop $dir"
         log "reusing Redis (pid $pid) on 127.0.0.1:$port"
         return 0
@@ -276,7 +282,11 @@ redis_start() {
         fi
         sleep 0.05
     done
-    log "Redis started on 127.0.0.1:$port (pid $(redis_pid "$dir" || echo '?'))"
+    if ! redis_answers_as "$dir" "$port" "$STARTED_PID"; then
+        kill -TERM "$STARTED_PID" 2>/dev/null || true
+        die "another server answers on 127.0.0.1:$port, not the Redis started here (log: $rdir/redis.log)"
+    fi
+    log "Redis started on 127.0.0.1:$port (pid $STARTED_PID)"
 }
 
 redis_stop() {

@@ -95,3 +95,39 @@ test('services.sh: Redis and PostgreSQL run in the caller\'s session, in process
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+test('services.sh: a server that took the Redis port before ours bound it is not taken for ours',
+  { timeout: 120000 }, () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cv-services-'));
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'cv-fakebin-'));
+    const [rport, pport] = execFileSync(path.join(ROOT, 'ops', 'freeport.sh'), ['2'], { encoding: 'utf8' })
+      .trim().split('\n');
+    const real = execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim();
+    // "redis-server" here: another Redis (no password) grabs the port, and ours never binds
+    fs.writeFileSync(path.join(bin, 'redis-server'), `#!/bin/sh
+${real} --port ${rport} --bind 127.0.0.1 --save '' --daemonize yes --pidfile ${bin}/other.pid >/dev/null 2>&1
+exec sleep 60
+`, { mode: 0o755 });
+    const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+    delete env.REDISCLI_AUTH;
+    try {
+      let err = null;
+      try {
+        execFileSync(SERVICES, ['start', dir, rport, pport, '--fast'],
+          { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 100000, env });
+      } catch (e) {
+        err = e;
+      }
+      assert.ok(err, 'start must fail');
+      assert.match(String(err.stderr), /another server answers on 127\.0\.0\.1:/);
+    } finally {
+      try {
+        execFileSync('redis-cli', ['-p', rport, 'shutdown', 'nosave'], { stdio: 'ignore', env });
+      } catch { /* gone already */ }
+      try {
+        execFileSync(SERVICES, ['stop', dir], { stdio: 'ignore', timeout: 60000 });
+      } catch { /* nothing left */ }
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(bin, { recursive: true, force: true });
+    }
+  });
