@@ -2,11 +2,14 @@
 #define _POSIX_C_SOURCE 200809L
 #include "cli/commands.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/jobs.h"
 #include "common/config.h"
 #include "common/util.h"
 #include "queue/queue.h"
@@ -36,42 +39,83 @@ static long parse_count(const char *s)
     return end != s && *end == '\0' ? n : 0;
 }
 
+/* The whole of s as a number, or NAN (empty, trailing characters, out of range). */
+static double number_arg(const char *s)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end);
+    return end != s && *end == '\0' && errno == 0 && isfinite(d) ? d : NAN;
+}
+
 /* conveyor enqueue TYPE [INPUT] [--queue Q] [--delay S] [--priority P] [--max-attempts N]
- * [--count N] — prints the job id, or the number of jobs when N > 1 (one round trip
- * per job). Returns the exit status. */
+ * [--count N] — checked as POST /v1/jobs checks its body (type known, its input valid,
+ * every option in range); prints the job id, or the number of jobs when N > 1. Returns
+ * the exit status. */
 static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
 {
-    q_new_job_t job = {.queue = "default", .owner = "operator", .input = "{}",
-                       .priority = Q_PRIORITY_DEFAULT, .max_attempts = cm_cfg.max_attempts};
-    char id[Q_ID_SIZE], *input = NULL;
+    q_new_job_t job = {.owner = "operator"};
+    const char *type = NULL, *text = "{}";
+    char id[Q_ID_SIZE], field[64], msg[256], *input = NULL;
     long count = 1;
-    int outcome, rc = 0, pos = 0;
+    int outcome, rc = 0, pos = 0, st = 2;
+    json_t *body = json_object(), *parsed = NULL;
+    api_job_spec_t spec;
+    json_error_t e;
 
+    if (!body) return fail("enqueue", Q_ENOMEM);
     for (int i = 1; i < argc; i++) {
+        static const struct { const char *opt, *key; int integer; } nums[] = {
+            {"--delay", "delaySeconds", 0}, {"--priority", "priority", 1},
+            {"--max-attempts", "maxAttempts", 1}};
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--queue") == 0 && v) job.queue = argv[++i];
-        else if (strcmp(a, "--delay") == 0 && v) job.run_at_ms = cm_now_ms() + (int64_t)(atof(argv[++i]) * 1000);
-        else if (strcmp(a, "--priority") == 0 && v) job.priority = atoi(argv[++i]);
-        else if (strcmp(a, "--max-attempts") == 0 && v) job.max_attempts = atoi(argv[++i]);
-        else if (strcmp(a, "--count") == 0 && v) count = parse_count(argv[++i]);
-        else if (pos == 0 && a[0] != '-') job.type = a, pos++;
-        else if (pos == 1 && a[0] != '-') job.input = a, pos++;
-        else {
+        size_t k = 0;
+        while (k < sizeof(nums) / sizeof(nums[0]) && strcmp(a, nums[k].opt) != 0) k++;
+        if (k < sizeof(nums) / sizeof(nums[0]) && v) {
+            double d = number_arg(argv[++i]);
+            if (isnan(d) || (nums[k].integer && (d != floor(d) || fabs(d) > 1e15))) {
+                fprintf(stderr, "conveyor enqueue: %s needs %s, not '%s'\n", a,
+                        nums[k].integer ? "an integer" : "a number", v);
+                goto out;
+            }
+            json_object_set_new(body, nums[k].key,
+                                nums[k].integer ? json_integer((json_int_t)d) : json_real(d));
+        } else if (strcmp(a, "--queue") == 0 && v) {
+            json_object_set_new(body, "queue", json_string(argv[++i]));
+        } else if (strcmp(a, "--count") == 0 && v) {
+            count = parse_count(argv[++i]);
+        } else if (pos == 0 && a[0] != '-') {
+            type = a, pos++;
+        } else if (pos == 1 && a[0] != '-') {
+            text = a, pos++;
+        } else {
             fprintf(stderr, "conveyor enqueue: unexpected argument '%s'\n", a);
-            return 2;
+            goto out;
         }
     }
-    json_error_t e;
-    json_t *parsed = json_loads(job.input, 0, &e);
-    if (!job.type || !json_is_object(parsed) || count < 1 || count > ENQUEUE_MAX_COUNT) {
+    parsed = json_loads(text, 0, &e);
+    if (!type || !json_is_object(parsed) || count < 1 || count > ENQUEUE_MAX_COUNT) {
         fprintf(stderr, "conveyor enqueue: need TYPE, a JSON object as input and a --count "
                         "of 1-%d\n", ENQUEUE_MAX_COUNT);
-        json_decref(parsed);
-        return 2;
+        goto out;
     }
-    input = json_dumps(parsed, JSON_COMPACT);
-    json_decref(parsed);
+    json_object_set_new(body, "type", json_string(type));
+    json_object_set(body, "input", parsed);
+    if (api_job_spec_parse(body, cm_now_ms(), &spec, field, sizeof(field), msg, sizeof(msg)) != 0) {
+        fprintf(stderr, "conveyor enqueue: %s: %s\n", field, msg);
+        goto out;
+    }
+    if (!(input = json_dumps(spec.input ? spec.input : parsed, JSON_COMPACT))) {
+        st = fail("enqueue", Q_ENOMEM);
+        goto out;
+    }
+    job.type = spec.type;
+    job.queue = spec.queue;
     job.input = input;
+    job.max_attempts = spec.max_attempts;
+    job.priority = spec.priority;
+    job.timeout_ms = spec.timeout_ms;
+    job.run_at_ms = spec.run_at_ms;
     long done = 0;
     if (count == 1) {
         if ((rc = q_enqueue(c, &job, id, &outcome, NULL)) == 0) done = 1;
@@ -86,14 +130,19 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
                 if ((rc = res[i].rc) == 0) done++;
         }
     }
-    free(input);
     if (rc) {
         if (done > 0) fprintf(stderr, "conveyor enqueue: %ld of %ld enqueued\n", done, count);
-        return fail("enqueue", rc);
+        st = fail("enqueue", rc);
+        goto out;
     }
     if (count > 1) printf("%ld\n", count);
     else puts(id);
-    return 0;
+    st = 0;
+out:
+    free(input);
+    json_decref(parsed);
+    json_decref(body);
+    return st;
 }
 
 static int cmd_inspect(q_conn_t *c, const char *id)

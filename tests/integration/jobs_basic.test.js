@@ -200,3 +200,37 @@ test('queues: a worker serves only its CONVEYOR_QUEUES; weighted queues are all 
     const jobs = await s.waitAll(lo, 'succeeded');
     for (const j of jobs) assert.equal(j.queue, 'lo');
   }));
+
+test('conveyor enqueue checks its arguments as POST /v1/jobs does: a bad one → exit 2 with the reason, nothing enqueued',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const bad = [
+      [['noop', '{}', '--priority', 'abc'], /--priority needs an integer/],
+      [['noop', '{}', '--priority', '12'], /priority/],
+      [['noop', '{}', '--delay', 'soon'], /--delay needs a number/],
+      [['noop', '{}', '--delay', '1e300'], /delaySeconds must be a number from 0 to/],
+      [['noop', '{}', '--max-attempts', '2000000000'], /maxAttempts/],
+      [['noop', '{}', '--max-attempts', '1.5'], /--max-attempts needs an integer/],
+      [['nosuch', '{}'], /unknown job type 'nosuch'/],
+      [['sleep', '{"ms":"x"}'], /input\.ms/],
+      [['noop', '{}', '--queue', 'bad queue'], /queue must be/],
+      [['noop', '[1]'], /a JSON object as input/],
+    ];
+    for (const [args, why] of bad) {
+      const r = await s.cli(['enqueue', ...args]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, why, args.join(' '));
+    }
+    assert.equal((await s.listAll()).items.length, 0, 'nothing enqueued');
+
+    const ok = await s.cli(['enqueue', 'sleep', '{"ms":5}', '--priority', '7', '--max-attempts', '4',
+      '--queue', 'cli-q', '--delay', '120']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const job = await s.job(ok.stdout.trim());
+    assert.equal(job.status, 'scheduled');
+    assert.equal(job.priority, 7);
+    assert.equal(job.maxAttempts, 4);
+    assert.equal(job.queue, 'cli-q');
+    assert.deepEqual(job.input, { ms: 5 });
+    const ahead = Date.parse(job.runAt) - Date.parse(job.createdAt);
+    assert.ok(ahead >= 119000 && ahead <= 121000, `runAt ${ahead} ms after creation`);
+  }));
