@@ -22,12 +22,36 @@ void cm_log_init(const char *proc, const char *level_name)
     if (strcmp(level_name, "err") == 0) cm_log_level = CM_LOG_ERR;
 }
 
-/* Appends s to buf as the inside of a JSON string; returns the new length. */
+/* The length of the valid UTF-8 sequence at s (1-4), or 0 when it is not one (a stray
+ * continuation byte, a cut sequence, an overlong form, a surrogate, past U+10FFFF). */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000;
+    else return 0;
+    unsigned cp = c & (0x3f >> (n - 1));
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0; /* also stops at the NUL */
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+/* Appends s to buf as the inside of a JSON string; returns the new length. Bytes that are
+ * not UTF-8 (a request path, say) become U+FFFD: every line stays valid JSON. */
 static size_t json_escape(char *buf, size_t len, size_t cap, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
-    for (; *s && len + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p && len + 7 < cap) {
+        unsigned char c = *p;
+        size_t n;
         if (c == '"' || c == '\\') {
             buf[len++] = '\\';
             buf[len++] = (char)c;
@@ -41,9 +65,20 @@ static size_t json_escape(char *buf, size_t len, size_t cap, const char *s)
             buf[len++] = '0';
             buf[len++] = hex[c >> 4];
             buf[len++] = hex[c & 15];
-        } else {
+        } else if (c < 0x80) {
             buf[len++] = (char)c;
+        } else if ((n = utf8_len(p)) == 0) {
+            memcpy(buf + len, "\\ufffd", 6);
+            len += 6;
+        } else if (len + n + 7 < cap) {
+            memcpy(buf + len, p, n);
+            len += n;
+            p += n;
+            continue;
+        } else {
+            break; /* no room for the whole character */
         }
+        p++;
     }
     return len;
 }

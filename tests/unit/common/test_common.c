@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <time.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/log.h"
 #include "common/util.h"
 
 static void test_config_defaults(void **state)
@@ -130,6 +132,63 @@ static void test_secure_equal(void **state)
     assert_false(cm_secure_equal_digest("op_secret ", d));
 }
 
+/* 1 if the n bytes at s are valid UTF-8 (checked here independently of log.c). */
+static int valid_utf8(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], need, cp, min;
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xc2 && c <= 0xdf) need = 1, cp = c & 0x1f, min = 0x80;
+        else if (c >= 0xe0 && c <= 0xef) need = 2, cp = c & 0x0f, min = 0x800;
+        else if (c >= 0xf0 && c <= 0xf4) need = 3, cp = c & 0x07, min = 0x10000;
+        else return 0;
+        for (unsigned k = 1; k <= need; k++) {
+            if (i + k >= n || (s[i + k] & 0xc0) != 0x80) return 0;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* Log lines stay valid UTF-8 (and so JSON) whatever bytes a message carries: invalid
+ * ones become \ufffd, valid characters pass, a long message is cut between characters. */
+static void test_log_utf8(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/cv-log-test-XXXXXX", buf[16384];
+    int fd = mkstemp(path), saved = dup(2);
+    assert_true(fd >= 0 && saved >= 0);
+    fflush(stderr);
+    assert_int_equal(dup2(fd, 2), 2);
+
+    cm_log_write(CM_LOG_ERR, "request_id", "r\xff" "1", "path /v1/\xff\xfe/x caf\xc3\xa9 \xe2\x82 end");
+    cm_log_write(CM_LOG_ERR, NULL, NULL, "overlong \xc0\xaf surrogate \xed\xa0\x80 big \xf5\x80\x80\x80");
+    char longmsg[3000];
+    for (size_t i = 0; i + 2 < sizeof(longmsg); i += 2) memcpy(longmsg + i, "\xc3\xa9", 2);
+    longmsg[sizeof(longmsg) - 2] = 'x';
+    longmsg[sizeof(longmsg) - 1] = '\0';
+    cm_log_write(CM_LOG_ERR, NULL, NULL, "%s", longmsg); /* cut: 2048 bytes, mid-character */
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    unlink(path);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_true(valid_utf8((const unsigned char *)buf, (size_t)n));
+    assert_non_null(strstr(buf, "path /v1/\\ufffd\\ufffd/x caf\xc3\xa9 \\ufffd\\ufffd end"));
+    assert_non_null(strstr(buf, "\"request_id\":\"r\\ufffd1\""));
+    assert_non_null(strstr(buf, "overlong \\ufffd\\ufffd surrogate \\ufffd\\ufffd\\ufffd big \\ufffd"));
+    /* three lines, each ending "} */
+    int lines = 0;
+    for (char *p = buf; (p = strstr(p, "\"}\n")); p += 3) lines++;
+    assert_int_equal(lines, 3);
+}
+
 /* A cond set up by cm_cond_init_monotonic times out at a cm_deadline_ms deadline, and
  * not before it (the monotonic clock is the one both use). */
 static void test_monotonic_wait(void **state)
@@ -181,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_config_table),    cmocka_unit_test(test_secure_equal),
         cmocka_unit_test(test_random_id_and_time),
         cmocka_unit_test(test_monotonic_wait),
+        cmocka_unit_test(test_log_utf8),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }
