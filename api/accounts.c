@@ -456,8 +456,7 @@ int api_keys_create(api_req_t *r)
     }
     out = key_json(res, 0);
     PQclear(res);
-    json_object_set_new(out, "key", json_string(secret));
-    OPENSSL_cleanse(secret, sizeof(secret));
+    json_object_set_new(out, "key", json_string(secret)); /* wiped at out */
     LOG_REQ_INFO(r->request_id, "api key %s created for %s", id, r->who.owner);
     st = api_reply(r, 201, out, NULL);
 out:

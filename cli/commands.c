@@ -105,7 +105,7 @@ static int cmd_enqueue(q_conn_t *c, int argc, char **argv)
         fprintf(stderr, "conveyor enqueue: %s: %s\n", field, msg);
         goto out;
     }
-    if (!(input = json_dumps(spec.input ? spec.input : parsed, JSON_COMPACT))) {
+    if (!(input = json_dumps(spec.input, JSON_COMPACT))) { /* the input given, checked */
         st = fail("enqueue", Q_ENOMEM);
         goto out;
     }

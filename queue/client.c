@@ -55,15 +55,24 @@ static void drop(q_conn_t *c)
     c->rc = NULL;
 }
 
+int q_redis_auth_argv(const char *argv[3])
+{
+    int n = 0;
+    if (!cm_cfg.redis_password[0]) return 0;
+    argv[n++] = "AUTH";
+    if (cm_cfg.redis_user[0]) argv[n++] = cm_cfg.redis_user;
+    argv[n++] = cm_cfg.redis_password;
+    return n;
+}
+
 int q_redis_auth(redisContext *rc)
 {
+    const char *argv[3];
+    int argc = q_redis_auth_argv(argv), ok;
     redisReply *r;
-    int ok;
 
-    if (!cm_cfg.redis_password[0]) return 0;
-    r = cm_cfg.redis_user[0]
-            ? redisCommand(rc, "AUTH %s %s", cm_cfg.redis_user, cm_cfg.redis_password)
-            : redisCommand(rc, "AUTH %s", cm_cfg.redis_password);
+    if (argc == 0) return 0;
+    r = redisCommandArgv(rc, argc, argv, NULL);
     ok = r && r->type == REDIS_REPLY_STATUS;
     if (!ok && r && r->type == REDIS_REPLY_ERROR)
         snprintf(rc->errstr, sizeof(rc->errstr), "AUTH refused: %.100s", r->str);

@@ -131,6 +131,10 @@ redisContext *q_conn_redis(q_conn_t *c);
  * does it). Returns 0, or -1 with the reason in rc->errstr (never the password). */
 int q_redis_auth(redisContext *rc);
 
+/* The AUTH command for CONVEYOR_REDIS_URL's password into argv: its argc, 0 when there is
+ * no password (for clients that send it themselves, such as the worker's async ones). */
+int q_redis_auth_argv(const char *argv[3]);
+
 /* "cv:" — the prefix with its colon. Borrowed. */
 const char *q_conn_prefix(const q_conn_t *c);
 

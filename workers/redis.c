@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/config.h"
 #include "common/log.h"
+#include "queue/queue.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -133,11 +133,10 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     if (r->failures > 0) LOG_INFO("redis %s: connected to %s:%d", r->name, r->host, r->port);
     /* AUTH goes first; commands sent from here on queue behind it */
-    if (cm_cfg.redis_password[0] &&
-        (cm_cfg.redis_user[0] ? redisAsyncCommand((redisAsyncContext *)ac, on_auth, NULL, "AUTH %s %s",
-                                                  cm_cfg.redis_user, cm_cfg.redis_password)
-                              : redisAsyncCommand((redisAsyncContext *)ac, on_auth, NULL, "AUTH %s",
-                                                  cm_cfg.redis_password)) != REDIS_OK) {
+    const char *auth[3];
+    int argc = q_redis_auth_argv(auth);
+    if (argc && redisAsyncCommandArgv((redisAsyncContext *)ac, on_auth, NULL, argc, auth, NULL) !=
+                    REDIS_OK) {
         LOG_WARN("redis %s: cannot send AUTH", r->name);
         redisAsyncDisconnect((redisAsyncContext *)ac);
         return;

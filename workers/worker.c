@@ -314,14 +314,19 @@ static int refused_for_now(const redisReply *reply)
     return 0;
 }
 
-/* Keeps the completion of job that Redis refused for now; sends it again soon. */
-static void hold(wk_worker_t *w, wk_job_t *job, const redisReply *reply)
+/* Keeps the completion of job when Redis did not take it, and returns 1: no reply (it goes
+ * again once reconnected; a late copy is refused as stale) or refused for now (again after
+ * RESEND_MS). Returns 0 when the reply is Redis's answer, or the worker is closing. */
+static int kept(wk_worker_t *w, wk_job_t *job, const redisReply *reply)
 {
+    if (w->phase == PH_CLOSING || (reply && !refused_for_now(reply))) return 0;
     block(w, job);
-    if (uv_is_active((uv_handle_t *)&w->resend)) return; /* one line per round */
-    LOG_JOB_WARN(job->id, "Redis refused outcomes for now (%.60s): sending them again in %d ms",
-                 reply->str, RESEND_MS);
-    uv_timer_start(&w->resend, on_resend, RESEND_MS, 0);
+    if (reply && !uv_is_active((uv_handle_t *)&w->resend)) { /* one line per round */
+        LOG_JOB_WARN(job->id, "Redis refused outcomes for now (%.60s): sending them again in %d ms",
+                     reply->str, RESEND_MS);
+        uv_timer_start(&w->resend, on_resend, RESEND_MS, 0);
+    }
+    return 1;
 }
 
 /* Records Redis's answer to the i-th completion of a call and recycles the job. */
@@ -352,14 +357,7 @@ static void on_job_ack(wk_redis_t *r, redisReply *reply, void *data)
     (void)r;
 
     if (resent_as_eval(w, &reply, job->cmd, on_job_ack, job)) return;
-    if (!reply && w->phase != PH_CLOSING) {
-        block(w, job); /* sent again after reconnecting; a late copy is refused as stale */
-        return;
-    }
-    if (refused_for_now(reply) && w->phase != PH_CLOSING) {
-        hold(w, job, reply);
-        return;
-    }
+    if (kept(w, job, reply)) return;
     acked(w, job, reply, 0);
     check_stopped(w);
 }
@@ -371,14 +369,8 @@ static void on_batch_ack(wk_redis_t *r, redisReply *reply, void *data)
     (void)r;
 
     if (resent_as_eval(w, &reply, b->cmd, on_batch_ack, b)) return;
-    for (int i = 0; i < b->n; i++) {
-        if (!reply && w->phase != PH_CLOSING)
-            block(w, b->jobs[i]); /* each goes again on its own vector after reconnecting */
-        else if (refused_for_now(reply) && w->phase != PH_CLOSING)
-            hold(w, b->jobs[i], reply);
-        else
-            acked(w, b->jobs[i], reply, i);
-    }
+    for (int i = 0; i < b->n; i++) /* a kept one goes again on its own vector */
+        if (!kept(w, b->jobs[i], reply)) acked(w, b->jobs[i], reply, i);
     q_argv_free(b->cmd);
     free(b);
     check_stopped(w);

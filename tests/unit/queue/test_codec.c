@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "queue/queue.h"
 
 static q_record_t sample(void)
@@ -169,13 +170,33 @@ static void test_argv_eval_fallback(void **state)
     q_argv_free(a);
 }
 
+/* The AUTH command both kinds of client send: none without a password, the user when
+ * CONVEYOR_REDIS_URL names one. */
+static void test_auth_argv(void **state)
+{
+    (void)state;
+    const char *argv[3];
+    strcpy(cm_cfg.redis_user, "");
+    strcpy(cm_cfg.redis_password, "");
+    assert_int_equal(q_redis_auth_argv(argv), 0);
+    strcpy(cm_cfg.redis_password, "pw");
+    assert_int_equal(q_redis_auth_argv(argv), 2);
+    assert_string_equal(argv[0], "AUTH");
+    assert_string_equal(argv[1], "pw");
+    strcpy(cm_cfg.redis_user, "alice");
+    assert_int_equal(q_redis_auth_argv(argv), 3);
+    assert_string_equal(argv[1], "alice");
+    assert_string_equal(argv[2], "pw");
+    cm_cfg.redis_user[0] = cm_cfg.redis_password[0] = '\0';
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_without_idempotency_key),
         cmocka_unit_test(test_hostile_counts),  cmocka_unit_test(test_wrong_shapes),
         cmocka_unit_test(test_names),           cmocka_unit_test(test_backoff),
-        cmocka_unit_test(test_argv_eval_fallback),
+        cmocka_unit_test(test_argv_eval_fallback), cmocka_unit_test(test_auth_argv),
     };
     return cmocka_run_group_tests_name("queue", tests, NULL, NULL);
 }
