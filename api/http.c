@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/conn.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -20,12 +21,12 @@
 /* ---- replies -------------------------------------------------------------------- */
 
 /* The reason phrase of status (civetweb's list misspells some). */
-static const char *reason(const api_req_t *r, int status)
+static const char *reason(int status)
 {
     switch (status) {
     case 413: return "Content Too Large";
     case 422: return "Unprocessable Content";
-    default: return mg_get_response_code_text(r->conn, status);
+    default: return mg_get_response_code_text(NULL, status);
     }
 }
 
@@ -47,9 +48,15 @@ size_t api_render(const json_t *body, char *buf, size_t cap)
     return json_dumpb(body, buf, cap, API_RENDER_FLAGS);
 }
 
+/* What the head of a reply says besides its status, body and extra header lines. */
+typedef struct head_info {
+    const char *request_id, *connection, *limit_headers;
+} head_info_t;
+
 /* Writes the status line and headers into the HEAD_ROOM bytes before the body (n bytes
- * at buf + HEAD_ROOM), then all of it (the body left out for HEAD) in one write. */
-static int send_reply(api_req_t *r, int status, char *buf, size_t n, const char *headers)
+ * at buf + HEAD_ROOM). Returns where the reply starts; *total is its length. */
+static char *put_head(const head_info_t *h, int status, char *buf, size_t n,
+                      const char *headers, size_t *total)
 {
     char head[HEAD_ROOM], length[80] = "";
     int hl;
@@ -61,15 +68,27 @@ static int send_reply(api_req_t *r, int status, char *buf, size_t n, const char 
                  "Content-Type: application/json\r\nContent-Length: %zu\r\n", n);
     hl = snprintf(head, sizeof(head),
                   "HTTP/1.1 %d %s\r\n%sX-Request-Id: %s\r\nCache-Control: no-store\r\n%s%s%s\r\n",
-                  status, reason(r, status), length, r->request_id, connection_header(r),
-                  r->limit_headers, headers ? headers : "");
+                  status, reason(status), length, h->request_id, h->connection,
+                  h->limit_headers, headers ? headers : "");
     if (hl < 0 || hl >= HEAD_ROOM) { /* our own headers: cannot happen */
-        LOG_REQ_ERR(r->request_id, "reply headers too long");
+        LOG_REQ_ERR(h->request_id, "reply headers too long");
         hl = 0;
     }
     memcpy(buf + HEAD_ROOM - hl, head, (size_t)hl);
-    if (strcmp(r->ri->request_method, "HEAD") == 0) n = 0; /* Content-Length stays */
-    mg_write(r->conn, buf + HEAD_ROOM - hl, (size_t)hl + n);
+    *total = (size_t)hl + n;
+    return buf + HEAD_ROOM - hl;
+}
+
+/* Writes the reply (head and body; n bytes at buf + HEAD_ROOM, left out for HEAD) in
+ * one write. */
+static int send_reply(api_req_t *r, int status, char *buf, size_t n, const char *headers)
+{
+    head_info_t h = {r->request_id, connection_header(r), r->limit_headers};
+    size_t total;
+    char *start = put_head(&h, status, buf, n, headers, &total);
+
+    if (strcmp(r->ri->request_method, "HEAD") == 0) total -= status == 204 ? 0 : n;
+    mg_write(r->conn, start, total);
     r->status = status;
     return status;
 }
@@ -116,22 +135,29 @@ int api_reply_text(api_req_t *r, int status, const char *body, size_t len,
     return status;
 }
 
+/* The error envelope (details taken; NULL: null). */
+static json_t *error_body(const char *code, json_t *details, const char *request_id,
+                          const char *msg)
+{
+    json_t *err = json_object(), *m;
+    if (!(m = json_string(msg))) m = json_string("invalid request"); /* not UTF-8 */
+    json_object_set_new(err, "code", json_string(code));
+    json_object_set_new(err, "message", m);
+    json_object_set_new(err, "details", details ? details : json_null());
+    json_object_set_new(err, "requestId", json_string(request_id));
+    return json_pack("{s:o}", "error", err);
+}
+
 int api_error(api_req_t *r, int status, const char *code, json_t *details,
               const char *headers, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
-    json_t *err = json_object(), *m;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (!(m = json_string(msg))) m = json_string("invalid request"); /* not UTF-8 */
-    json_object_set_new(err, "code", json_string(code));
-    json_object_set_new(err, "message", m);
-    json_object_set_new(err, "details", details ? details : json_null());
-    json_object_set_new(err, "requestId", json_string(r->request_id));
-    return api_reply(r, status, json_pack("{s:o}", "error", err), headers);
+    return api_reply(r, status, error_body(code, details, r->request_id, msg), headers);
 }
 
 int api_field_error(api_req_t *r, const char *field, const char *fmt, ...)
@@ -145,13 +171,84 @@ int api_field_error(api_req_t *r, const char *field, const char *fmt, ...)
                      "%s", msg);
 }
 
+/* The error for a failed queue call (logged when it is ours): returns the status with
+ * its code, message and extra header lines. */
+static int queue_error(const char *request_id, int qerr, const char **code, const char **msg,
+                       const char **headers)
+{
+    if (qerr == Q_EREDIS) {
+        *code = "SERVICE_UNAVAILABLE";
+        *msg = "the queue is unavailable; try again shortly";
+        *headers = "Retry-After: 1\r\n";
+        return 503;
+    }
+    LOG_REQ_ERR(request_id, "queue call failed: %s", q_strerror(qerr));
+    *code = "INTERNAL_ERROR";
+    *msg = "internal error";
+    *headers = NULL;
+    return 500;
+}
+
 int api_queue_error(api_req_t *r, int qerr)
 {
-    if (qerr == Q_EREDIS)
-        return api_error(r, 503, "SERVICE_UNAVAILABLE", NULL, "Retry-After: 1\r\n",
-                         "the queue is unavailable; try again shortly");
-    LOG_REQ_ERR(r->request_id, "queue call failed: %s", q_strerror(qerr));
-    return api_error(r, 500, "INTERNAL_ERROR", NULL, NULL, "internal error");
+    const char *code, *msg, *headers;
+    int status = queue_error(r->request_id, qerr, &code, &msg, &headers);
+    return api_error(r, status, code, NULL, headers, "%s", msg);
+}
+
+/* ---- deferred replies ----------------------------------------------------------- */
+
+int api_later_begin(api_req_t *r, api_later_t *l, int status)
+{
+    if (!r->slot || strcmp(r->ri->request_method, "HEAD") == 0 ||
+        api_conn_hold(r->slot, r->ri) != 0)
+        return -1;
+    l->conn = r->slot;
+    memcpy(l->request_id, r->request_id, sizeof(l->request_id));
+    memcpy(l->limit_headers, r->limit_headers, sizeof(l->limit_headers));
+    l->connection = connection_header(r);
+    r->status = status;
+    return 0;
+}
+
+void api_later_text(api_later_t *l, int status, const char *body, size_t len,
+                    const char *headers)
+{
+    char stackbuf[HEAD_ROOM + STACK_BODY];
+    char *buf = len <= STACK_BODY ? stackbuf : malloc(HEAD_ROOM + len);
+    head_info_t h = {l->request_id, l->connection, l->limit_headers};
+    size_t total;
+    char *start;
+
+    if (!buf) { /* the head alone, as out_of_memory sends it */
+        LOG_REQ_ERR(l->request_id, "out of memory for a %zu-byte reply", len);
+        buf = stackbuf;
+        status = 500;
+        len = 0;
+        headers = NULL;
+    } else if (len) {
+        memcpy(buf + HEAD_ROOM, body, len);
+    }
+    start = put_head(&h, status, buf, len, headers, &total);
+    if (api_conn_write(l->conn, start, total) != 0)
+        LOG_REQ_WARN(l->request_id, "reply %d not written: the client is gone or not reading",
+                     status);
+    if (buf != stackbuf) free(buf);
+}
+
+void api_later_queue_error(api_later_t *l, int qerr)
+{
+    const char *code, *msg, *headers;
+    int status = queue_error(l->request_id, qerr, &code, &msg, &headers);
+    char buf[1024];
+    json_t *body = error_body(code, NULL, l->request_id, msg);
+    size_t n = body ? api_render(body, buf, sizeof(buf)) : 0;
+    json_decref(body);
+    if (n == 0 || n > sizeof(buf)) { /* cannot happen: our own short message */
+        n = 0;
+        status = 500;
+    }
+    api_later_text(l, status, buf, n, headers);
 }
 
 /* ---- body ----------------------------------------------------------------------- */

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "api/auth.h"
+#include "api/conn.h"
 #include "api/authcache.h"
 #include "api/cache.h"
 #include "api/wait.h"
@@ -34,6 +35,7 @@ typedef struct api_req {
     api_principal_t who;        /* the caller (routes that need auth) */
     q_conn_t *q;                /* this thread's Redis connection */
     q_batcher_t *enq;           /* the process's enqueue batcher (q_enqueue through it) */
+    api_conn_t *slot;           /* this thread's connection slot (NULL: replies not deferred) */
     cm_pg_pool_t *pg;           /* the process's PostgreSQL pool */
     api_waits_t *waits;         /* the process's long-poll registry */
     api_cache_t *cache;         /* the process's job answer cache (NULL: none) */
@@ -74,6 +76,29 @@ int api_field_error(api_req_t *r, const char *field, const char *fmt, ...)
 /* The error for a failed queue call: 503 SERVICE_UNAVAILABLE for Q_EREDIS, else 500.
  * Returns the status. */
 int api_queue_error(api_req_t *r, int qerr);
+
+/* ---- deferred replies (api/conn.h) ---------------------------------------------- */
+
+/* What a reply written by another thread needs of its request, copied. */
+typedef struct api_later {
+    api_conn_t *conn;
+    char request_id[API_REQ_ID_MAX + 1];
+    char limit_headers[API_LIMIT_HEADERS];
+    const char *connection; /* the Connection header lines */
+} api_later_t;
+
+/* Defers r's reply to l: 0, and r counts as answered with status (what the request log
+ * says); the connection waits for api_later_text or api_later_queue_error, which must
+ * follow. -1: not possible here (no slot, HEAD, TLS...): reply as usual. */
+int api_later_begin(api_req_t *r, api_later_t *l, int status);
+
+/* Writes status with body (rendered by api_render, len bytes, borrowed) and extra
+ * header lines, as api_reply_text would, from any thread; ends the deferral. */
+void api_later_text(api_later_t *l, int status, const char *body, size_t len,
+                    const char *headers);
+
+/* Writes the error of a failed queue call, as api_queue_error would; ends the deferral. */
+void api_later_queue_error(api_later_t *l, int qerr);
 
 /* ---- request -------------------------------------------------------------------- */
 

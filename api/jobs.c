@@ -21,6 +21,7 @@
 #define LIMIT_MAX 100
 #define IDEM_KEY_MAX 255
 #define TIMEOUT_MAX_S 86400
+#define LATER_INPUT_MAX 16384 /* larger inputs: the request thread writes the 202 */
 #define ATTEMPTS_MAX 1000
 
 static const char *const statuses[] = {"queued", "scheduled", "running", "succeeded",
@@ -151,7 +152,8 @@ static void out_time(out_t *o, int64_t ms, char text[40], int64_t *text_ms)
     out_put(o, "\"", 1);
 }
 
-size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, size_t cap)
+size_t api_render_created(const q_job_t *job, const char *input, size_t input_len, char *buf,
+                          size_t cap)
 {
     out_t o = {.buf = buf, .cap = cap};
     out_str(&o, "{\"id\":");
@@ -167,12 +169,8 @@ size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, si
     out_str(&o, ",\"priority\":");
     out_int(&o, job->priority);
     out_str(&o, ",\"input\":");
-    if (input) { /* straight into the buffer; the count when it does not fit */
-        size_t d = json_dumpb(input, o.n < o.cap ? o.buf + o.n : NULL,
-                              o.n < o.cap ? o.cap - o.n : 0, API_RENDER_FLAGS);
-        o.n += d ? d : o.cap + 1; /* 0: failed (out of memory), reported as too long */
-    } else
-        out_str(&o, "{}");
+    if (input) out_put(&o, input, input_len);
+    else out_str(&o, "{}");
     out_str(&o, ",\"progress\":{\"percent\":0,\"message\":null},\"result\":null,"
                 "\"error\":null,\"attempts\":[],\"cancelRequested\":false,"
                 "\"idempotencyKey\":");
@@ -188,6 +186,98 @@ size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, si
     out_time(&o, job->updated_ms, t, &t_ms);
     out_put(&o, "}", 1);
     return o.n;
+}
+
+/* Renders job (see api_render_created) into stackbuf (size cap) or, when it does not
+ * fit, a new buffer. Returns where it is (free it unless stackbuf), NULL when out of
+ * memory; *n is the length. */
+static char *render_created(const q_job_t *job, const char *shown, size_t shown_len,
+                            char *stackbuf, size_t cap, size_t *n)
+{
+    char *buf;
+    *n = api_render_created(job, shown, shown_len, stackbuf, cap);
+    if (*n <= cap) return stackbuf;
+    if (!(buf = malloc(*n))) return NULL;
+    api_render_created(job, shown, shown_len, buf, *n);
+    return buf;
+}
+
+/* ---- a POST answered by the enqueue sender (api/conn.h) -------------------------- */
+
+/* Owns what the job and its reply need once the request thread went on. */
+typedef struct later_job {
+    api_later_t later;
+    q_new_job_t nj;
+    q_job_t job; /* the reply; the id and times are filled in on the answer */
+    char *input, *shown, *type, *queue, *owner;
+    size_t shown_len;
+} later_job_t;
+
+static void later_job_free(later_job_t *lj)
+{
+    free(lj->input);
+    free(lj->shown);
+    free(lj->type);
+    free(lj->queue);
+    free(lj->owner);
+    free(lj);
+}
+
+/* On the sender thread: the job is stored (or not); writes the reply. */
+static void later_answered(void *arg, const q_enq_result_t *res)
+{
+    later_job_t *lj = arg;
+    char stackbuf[4096], headers[256], *body;
+    size_t n;
+
+    if (res->rc != 0 || res->outcome != Q_ENQ_CREATED) { /* created: it has no key or id */
+        api_later_queue_error(&lj->later, res->rc != 0 ? res->rc : Q_EINVAL);
+        later_job_free(lj);
+        return;
+    }
+    memcpy(lj->job.id, res->id, sizeof(lj->job.id));
+    lj->job.created_ms = lj->job.updated_ms = res->created_ms;
+    if (!(body = render_created(&lj->job, lj->shown, lj->shown_len, stackbuf, sizeof(stackbuf),
+                                &n))) {
+        LOG_REQ_ERR(lj->later.request_id, "out of memory for a %zu-byte reply", n);
+        api_later_text(&lj->later, 500, NULL, 0, NULL);
+    } else {
+        accepted_headers(headers, sizeof(headers), lj->job.id, NULL);
+        api_later_text(&lj->later, 202, body, n, headers);
+        if (body != stackbuf) free(body);
+    }
+    later_job_free(lj);
+}
+
+/* Hands nj (a new job without idempotency key; strings borrowed, copied), shown as job
+ * with its input as shown, to the enqueue senders, which answer the request: 0 (input is
+ * then taken, and the reply is written or on its way), or -1 when it cannot be
+ * deferred (nothing taken, nothing sent). */
+static int create_later(api_req_t *r, const q_new_job_t *nj, const q_job_t *job, char *input,
+                        const char *shown, size_t shown_len)
+{
+    later_job_t *lj = calloc(1, sizeof(*lj));
+    if (!lj) return -1;
+    lj->nj = *nj;
+    lj->job = *job;
+    if (!(lj->type = strdup(nj->type)) || !(lj->queue = strdup(nj->queue)) ||
+        !(lj->owner = strdup(nj->owner)) ||
+        (shown && !(lj->shown = strndup(shown, shown_len))) ||
+        api_later_begin(r, &lj->later, 202) != 0) {
+        later_job_free(lj);
+        return -1;
+    }
+    lj->shown_len = shown_len;
+    lj->nj.type = lj->job.type = lj->type;
+    lj->nj.queue = lj->job.queue = lj->queue;
+    lj->nj.owner = lj->job.owner = lj->owner;
+    lj->nj.input = lj->input = input;
+    lj->job.input = input ? input : "{}";
+    if (q_batcher_submit(r->enq, &lj->nj, later_answered, lj) != 0) {
+        api_later_queue_error(&lj->later, Q_ENOMEM);
+        later_job_free(lj);
+    }
+    return 0;
 }
 
 static int conflict(api_req_t *r, const char *status, const char *what)
@@ -321,7 +411,7 @@ int api_jobs_create(api_req_t *r)
     const char *key = mg_get_header(r->conn, "Idempotency-Key");
     int64_t now = cm_now_ms();
     char field[64], msg[256], id[Q_ID_SIZE], hash[65];
-    char *input = NULL, *canon = NULL;
+    char *input = NULL, *canon = NULL, *shown = NULL;
     api_job_spec_t spec;
     json_t *body;
     int outcome, rc, st;
@@ -339,7 +429,9 @@ int api_jobs_create(api_req_t *r)
     }
     /* a provider call costs money: the same checks as POST /v1/chat/completions */
     if (strcmp(spec.type, "ai.chat") == 0 && (st = api_ai_check_job(r, spec.input)) != 0) goto out;
-    if (spec.input && !(input = json_dumps(spec.input, JSON_COMPACT))) goto fail_oom;
+    if (spec.input && (!(input = json_dumps(spec.input, JSON_COMPACT)) ||
+                       !(shown = json_dumps(spec.input, API_RENDER_FLAGS))))
+        goto fail_oom;
     if (key) {
         if (!(canon = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT))) goto fail_oom;
         cm_sha256_hex(canon, strlen(canon), hash);
@@ -357,41 +449,49 @@ int api_jobs_create(api_req_t *r)
         .request_hash = key ? hash : NULL,
         .idempotency_ttl_ms = (int64_t)cm_cfg.idempotency_ttl_seconds * 1000,
     };
+    /* What the enqueue script writes, known without reading it back (but the id and
+     * the creation time, which its answer gives). */
+    q_job_t job = {
+        .type = (char *)spec.type,
+        .queue = (char *)spec.queue,
+        .owner = r->who.owner,
+        .status = spec.run_at_ms > now ? "scheduled" : "queued",
+        .input = input ? input : "{}",
+        .idempotency_key = (char *)key,
+        .max_attempts = spec.max_attempts,
+        .priority = spec.priority,
+        .timeout_ms = spec.timeout_ms,
+        .run_at_ms = spec.run_at_ms > now ? spec.run_at_ms : now,
+    };
+    size_t shown_len = shown ? strlen(shown) : 0;
+    /* A new job (no key: no earlier one to show) is answered by the enqueue sender,
+     * unless its reply is large (a slow reader would hold the sender). */
+    if (!key && r->enq && shown_len <= LATER_INPUT_MAX &&
+        create_later(r, &nj, &job, input, shown, shown_len) == 0) {
+        input = NULL; /* the sender's now */
+        st = r->status;
+        goto out;
+    }
     int64_t created = now;
     if ((rc = api_enqueue(r, &nj, id, &outcome, &created)) != 0) {
         st = api_queue_error(r, rc);
         goto out;
     }
     if (outcome == Q_ENQ_CREATED) {
-        /* What the enqueue script wrote, without reading it back. */
-        q_job_t job = {
-            .type = (char *)spec.type,
-            .queue = (char *)spec.queue,
-            .owner = r->who.owner,
-            .status = spec.run_at_ms > now ? "scheduled" : "queued",
-            .input = input ? input : "{}",
-            .idempotency_key = (char *)key,
-            .max_attempts = spec.max_attempts,
-            .priority = spec.priority,
-            .timeout_ms = spec.timeout_ms,
-            .created_ms = created,
-            .updated_ms = created,
-            .run_at_ms = spec.run_at_ms > now ? spec.run_at_ms : now,
-        };
+        char stackbuf[4096], headers[256], *text;
+        size_t n;
         memcpy(job.id, id, sizeof(job.id));
-        char body[4096], headers[256];
-        size_t n = api_render_created(&job, spec.input, body, sizeof(body));
-        if (n <= sizeof(body)) {
-            accepted_headers(headers, sizeof(headers), id, NULL);
-            st = api_reply_text(r, 202, body, n, headers);
-        } else { /* a large input */
-            st = accepted(r, &job, NULL);
-        }
+        job.created_ms = job.updated_ms = created;
+        if (!(text = render_created(&job, shown, shown_len, stackbuf, sizeof(stackbuf), &n)))
+            goto fail_oom;
+        accepted_headers(headers, sizeof(headers), id, NULL);
+        st = api_reply_text(r, 202, text, n, headers);
+        if (text != stackbuf) free(text);
     } else if (outcome == Q_ENQ_EXISTING) {
-        q_job_t *job;
-        if ((st = load_job(r, id, &job, NULL)) == 0) {
-            st = accepted(r, job, "Idempotent-Replayed: true\r\n");
-            q_job_free(job);
+        q_job_t *existing;
+        if ((st = load_job(r, id, &existing, NULL)) == 0) {
+            st = accepted(r, existing, "Idempotent-Replayed: true\r\n");
+            q_job_free(existing);
         }
     } else {
         st = api_error(r, 422, "CONFLICT", json_pack("{s:s}", "field", "Idempotency-Key"), NULL,
@@ -399,6 +499,7 @@ int api_jobs_create(api_req_t *r)
     }
 out:
     free(input);
+    free(shown);
     free(canon);
     json_decref(body);
     return st;

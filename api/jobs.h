@@ -35,11 +35,12 @@ int api_jobs_retry(api_req_t *r);
 int api_job_submit(api_req_t *r, const char *type, const json_t *input, int64_t wait_ms,
                    q_job_t **out);
 
-/* Renders job, just created with input (parsed; NULL: none) and nothing else set, as
- * api_render(q_job_to_json(job)) would, without building the JSON tree (the reply to
- * every POST /v1/jobs). Returns the length, or more than cap when it does not fit (buf
- * then holds a part). */
-size_t api_render_created(const q_job_t *job, const json_t *input, char *buf, size_t cap);
+/* Renders job, just created with input (input_len bytes, as api_render renders it; NULL:
+ * none) and nothing else set, as api_render(q_job_to_json(job)) would, without building
+ * the JSON tree (the reply to every POST /v1/jobs). Returns the length, or more than cap
+ * when it does not fit (buf then holds a part). */
+size_t api_render_created(const q_job_t *job, const char *input, size_t input_len, char *buf,
+                          size_t cap);
 
 /* Sends 202 Accepted + Location + Retry-After with the job. Returns 202. */
 int api_job_accepted(api_req_t *r, const q_job_t *job);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "api/cache.h"
+#include "api/conn.h"
 #include "api/gate.h"
 #include "api/http.h"
 #include "api/route.h"
@@ -34,6 +35,7 @@ typedef struct server {
     api_cache_t *cache;
     api_authcache_t *auth;
     q_batcher_t *enq;
+    api_conns_t *conns;
 } server_t;
 
 /* mg_stop runs here while the main thread pokes the listener (see stop_server). */
@@ -92,8 +94,10 @@ static q_conn_t *thread_conn(void)
 
 static void *on_init_thread(const struct mg_context *ctx, int thread_type)
 {
+    const server_t *srv = mg_get_user_data(ctx);
     q_conn_t *q;
-    (void)ctx;
+
+    if (thread_type == 1) api_conn_thread_start(srv->conns);
     /* 1: a request thread. It connects now rather than at its first request that needs
      * Redis, so that a connection is not set up in the middle of a load (a Redis starved
      * of CPU took seconds to accept one: see in_background in ops/services.sh). If Redis
@@ -111,6 +115,21 @@ static void on_exit_thread(const struct mg_context *ctx, int thread_type, void *
     tl_q = NULL;
 }
 
+/* A connection starts or ends on this request thread (see api/conn.h). */
+static int on_init_connection(const struct mg_connection *conn, void **data)
+{
+    (void)conn;
+    *data = NULL;
+    api_conn_opened(api_conn_self());
+    return 0;
+}
+
+static void on_connection_close(const struct mg_connection *conn)
+{
+    (void)conn;
+    api_conn_settle(api_conn_self()); /* its socket is closed after this */
+}
+
 static int on_log_message(const struct mg_connection *conn, const char *message)
 {
     (void)conn;
@@ -125,12 +144,13 @@ static int on_request(struct mg_connection *conn)
     const server_t *srv = ri->user_data;
     api_req_t r = {
         .conn = conn, .ri = ri, .pg = srv->pg, .waits = srv->waits, .cache = srv->cache,
-        .auth = srv->auth, .enq = srv->enq};
+        .auth = srv->auth, .enq = srv->enq, .slot = api_conn_self()};
     const api_route_t *rt;
     struct timespec t0, t1;
     char allow[64], hdr[96];
     int st;
 
+    api_conn_settle(r.slot); /* the reply before this one is written first */
     clock_gettime(CLOCK_MONOTONIC, &t0);
     api_request_id(mg_get_header(conn, "X-Request-Id"), r.request_id);
     /* HEAD is GET without the body (api_reply leaves it out) */
@@ -214,6 +234,7 @@ int api_main(int argc, char **argv)
                               channel, waiters, srv.cache, auth_channel, srv.auth);
     if (!srv.waits) goto fail_waits;
     if (api_gate_flusher_start(srv.auth) != 0) goto fail_flusher;
+    if (!(srv.conns = api_conns_new(cm_cfg.api_threads))) goto fail_conns;
     if (!(srv.enq = q_batcher_new(cm_cfg.redis_host, cm_cfg.redis_port, cm_cfg.redis_prefix,
                                   cm_cfg.redis_timeout_ms)))
         goto fail_batcher;
@@ -230,6 +251,8 @@ int api_main(int argc, char **argv)
     };
     cb.begin_request = on_request;
     cb.init_thread = on_init_thread;
+    cb.init_connection = on_init_connection;
+    cb.connection_close = on_connection_close;
     cb.exit_thread = on_exit_thread;
     cb.log_message = on_log_message;
     mg_init_library(0);
@@ -249,6 +272,8 @@ fail_start:
     mg_exit_library();
     q_batcher_free(srv.enq); /* after mg_stop: no request enqueues any more */
 fail_batcher:
+    api_conns_free(srv.conns); /* after the senders: they write deferred replies */
+fail_conns:
     api_gate_flusher_stop(); /* after mg_stop: no request counts any more */
 fail_flusher:
     api_waits_free(srv.waits);

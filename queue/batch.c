@@ -1,9 +1,11 @@
 /* queue/batch.c — group commit of enqueues (q_batcher_*, see queue.h).
  *
- * Callers queue a request on their stack and sleep on its semaphore; a sender thread
- * takes every request waiting (up to Q_BATCH_MAX), sends them as one q_enqueue_many call
- * on its own connection, and wakes each caller with its outcome (a semaphore each: no
- * lock is held while they wake, and a caller may return as soon as it is posted).
+ * Callers queue a request on their stack and sleep on its semaphore, or queue one on
+ * the heap with a function to call (q_batcher_submit); a sender thread takes every
+ * request waiting (up to Q_BATCH_MAX), sends them as one q_enqueue_many call on its own
+ * connection, and wakes each caller with its outcome (a semaphore each: no lock is held
+ * while they wake, and a caller may return as soon as it is posted) or calls its
+ * function.
  * While one call runs, the next batch gathers, so the batch grows with the load and a
  * lone request goes at once. There are SENDERS threads: with one, Redis idled whenever
  * the scheduler set that thread aside among the request threads. */
@@ -16,15 +18,18 @@
 
 #include "queue/queue.h"
 
-/* One caller's job, on its stack while it waits. */
+/* One caller's job: on its stack while it waits (done NULL), or on the heap, owned by
+ * the batcher, until done has run. */
 struct request {
     const q_new_job_t *job;
     q_enq_result_t res;
     sem_t answered;
+    q_enq_done_fn done;
+    void *arg;
     struct request *next;
 };
 
-#define SENDERS 4 /* threads, each with a connection: one descheduled stalls nothing */
+#define SENDERS 2 /* threads, each with a connection: one descheduled stalls nothing */
 
 struct sender {
     q_batcher_t *b;
@@ -72,6 +77,11 @@ static void *run(void *arg)
         for (int i = 0; i < n; i++) jobs[i] = reqs[i]->job;
         q_enqueue_many(sd->c, jobs, n, res); /* each res[i].rc tells */
         for (int i = 0; i < n; i++) {
+            if (reqs[i]->done) {
+                reqs[i]->done(reqs[i]->arg, &res[i]);
+                free(reqs[i]);
+                continue;
+            }
             reqs[i]->res = res[i];
             sem_post(&reqs[i]->answered); /* reqs[i] may be gone from here on */
         }
@@ -124,17 +134,34 @@ void q_batcher_free(q_batcher_t *b)
     free(b);
 }
 
+/* Queues req for the senders. */
+static void hand_in(q_batcher_t *b, struct request *req)
+{
+    pthread_mutex_lock(&b->mu);
+    *b->tail = req;
+    b->tail = &req->next;
+    pthread_cond_signal(&b->more);
+    pthread_mutex_unlock(&b->mu);
+}
+
+int q_batcher_submit(q_batcher_t *b, const q_new_job_t *job, q_enq_done_fn done, void *arg)
+{
+    struct request *req = calloc(1, sizeof(*req));
+    if (!req) return Q_ENOMEM;
+    req->job = job;
+    req->done = done;
+    req->arg = arg;
+    hand_in(b, req);
+    return 0;
+}
+
 int q_batcher_enqueue(q_batcher_t *b, const q_new_job_t *job, char id_out[Q_ID_SIZE],
                       int *outcome, int64_t *created_ms)
 {
     struct request req = {.job = job};
 
     if (sem_init(&req.answered, 0, 0) != 0) return Q_ENOMEM;
-    pthread_mutex_lock(&b->mu);
-    *b->tail = &req;
-    b->tail = &req.next;
-    pthread_cond_signal(&b->more);
-    pthread_mutex_unlock(&b->mu);
+    hand_in(b, &req);
     while (sem_wait(&req.answered) != 0 && errno == EINTR) {
     }
     sem_destroy(&req.answered);

@@ -217,6 +217,13 @@ void q_batcher_free(q_batcher_t *b);
 int q_batcher_enqueue(q_batcher_t *b, const q_new_job_t *job, char id_out[Q_ID_SIZE],
                       int *outcome, int64_t *created_ms);
 
+/* The same without waiting: done(arg, res) runs on a sender thread once the job's call
+ * is answered (res as q_enqueue_many gives it; res->rc != 0: not enqueued). job and what
+ * it points to must stay valid until done runs; done must not block for long (the
+ * batch behind it waits). Returns 0, or Q_ENOMEM (done will not run). */
+typedef void (*q_enq_done_fn)(void *arg, const q_enq_result_t *res);
+int q_batcher_submit(q_batcher_t *b, const q_new_job_t *job, q_enq_done_fn done, void *arg);
+
 /* Reads a job. Returns 0 with *out (caller frees), Q_ENOTFOUND, Q_EREDIS, or Q_ECORRUPT
  * (the hash exists but its record does not decode: *out is still set, without input). */
 int q_job_get(q_conn_t *c, const char *id, q_job_t **out);

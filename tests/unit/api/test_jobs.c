@@ -188,11 +188,13 @@ static void expect_same_render(q_job_t *job, const char *input_text)
     json_error_t err;
     json_t *input = input_text ? json_loads(input_text, 0, &err) : NULL;
     char *stored = input ? json_dumps(input, JSON_COMPACT) : NULL; /* as the record keeps it */
+    char *shown = input ? json_dumps(input, API_RENDER_FLAGS) : NULL; /* as the api shows it */
+    size_t shown_len = shown ? strlen(shown) : 0;
     char direct[4096], tree[4096];
     job->input = stored ? stored : "{}";
     json_t *j = q_job_to_json(job);
     size_t want = api_render(j, tree, sizeof(tree));
-    size_t got = api_render_created(job, input, direct, sizeof(direct));
+    size_t got = api_render_created(job, shown, shown_len, direct, sizeof(direct));
     json_decref(j);
     assert_true(want < sizeof(tree));
     tree[want] = '\0';
@@ -203,10 +205,11 @@ static void expect_same_render(q_job_t *job, const char *input_text)
      * written past the end */
     for (size_t cap = 0; cap < want; cap++) {
         memset(direct, '#', sizeof(direct));
-        assert_int_equal(api_render_created(job, input, direct, cap), want);
+        assert_int_equal(api_render_created(job, shown, shown_len, direct, cap), want);
         assert_int_equal(direct[cap], '#');
     }
     free(stored);
+    free(shown);
     json_decref(input);
 }
 

@@ -1,0 +1,120 @@
+'use strict';
+// Replies to POST /v1/jobs written by the enqueue sender after the request thread went on
+// (api/conn.h): in order when a client pipelines, whole before a connection closes,
+// harmless when the client is gone. Raw sockets, so that the bytes on the wire are seen.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const { withStack, waitFor, ID_RE } = require('./lib/stack');
+
+// Writes bytes on a new connection; resolves with everything read once the server ends it.
+function exchange(port, bytes, { timeoutMs = 20000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    const chunks = [];
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`the connection did not end within ${timeoutMs} ms; read: ` +
+        Buffer.concat(chunks).toString('latin1').slice(-300)));
+    }, timeoutMs);
+    s.on('connect', () => s.write(bytes));
+    s.on('data', (c) => chunks.push(c));
+    s.on('end', () => {
+      clearTimeout(timer);
+      s.end();
+      resolve(Buffer.concat(chunks));
+    });
+    s.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
+// The HTTP/1.1 responses in buf, in order: {status, headers (lower-case names), body}.
+// Throws when bytes are left over or a body is short.
+function responses(buf) {
+  const out = [];
+  let i = 0;
+  while (i < buf.length) {
+    const end = buf.indexOf('\r\n\r\n', i);
+    if (end < 0) throw new Error(`a response head is cut: ${buf.slice(i).toString('latin1')}`);
+    const lines = buf.slice(i, end).toString('latin1').split('\r\n');
+    const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(lines[0])[1]);
+    const headers = {};
+    for (const l of lines.slice(1)) {
+      const c = l.indexOf(':');
+      headers[l.slice(0, c).toLowerCase()] = l.slice(c + 1).trim();
+    }
+    const len = Number(headers['content-length'] || 0);
+    if (end + 4 + len > buf.length) throw new Error(`a body is short: ${lines[0]}`);
+    out.push({ status, headers, body: buf.slice(end + 4, end + 4 + len).toString('utf8') });
+    i = end + 4 + len;
+  }
+  return out;
+}
+
+function post(s, body, extra = '', version = '1.1') {
+  const text = JSON.stringify(body);
+  return `POST /v1/jobs HTTP/${version}\r\nHost: x\r\nAuthorization: Bearer ${s.token}\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n${extra}\r\n${text}`;
+}
+
+test('40 POSTs pipelined on one connection, then a GET: 41 replies in order, each with its own job and request id',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const n = 40;
+    let bytes = '';
+    for (let i = 0; i < n; i++) {
+      bytes += post(s, { type: 'noop', queue: 'pipe', input: { n: i } }, `X-Request-Id: pipe-${i}\r\n`);
+    }
+    bytes += `GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`;
+    const got = responses(await exchange(s.port, bytes));
+    assert.equal(got.length, n + 1, 'one reply per request');
+    const ids = new Set();
+    for (let i = 0; i < n; i++) {
+      const r = got[i];
+      assert.equal(r.status, 202, r.body);
+      assert.equal(r.headers['x-request-id'], `pipe-${i}`, 'the reply of request i comes i-th');
+      const job = JSON.parse(r.body);
+      assert.deepEqual(job.input, { n: i });
+      assert.match(job.id, ID_RE);
+      assert.equal(r.headers.location, `/v1/jobs/${job.id}`);
+      ids.add(job.id);
+    }
+    assert.equal(ids.size, n, 'every job its own id');
+    assert.equal(got[n].status, 200, 'the GET after them');
+    assert.equal(JSON.parse(got[n].body).status, 'ok');
+    for (const id of ids) assert.equal((await s.job(id)).status, 'queued');
+    assert.equal((await s.queueStats('pipe')).ready, n, 'each stored once');
+  }));
+
+test('a POST with Connection: close, and one over HTTP/1.0: the whole 202, then the server ends the connection',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    for (const [extra, version] of [['Connection: close\r\n', '1.1'], ['', '1.0']]) {
+      const big = 'x'.repeat(12000); // a reply larger than one TCP segment
+      const got = responses(await exchange(s.port,
+        post(s, { type: 'noop', queue: 'closing', input: { big } }, extra, version)));
+      assert.equal(got.length, 1);
+      assert.equal(got[0].status, 202, got[0].body);
+      assert.equal(got[0].headers.connection, 'close');
+      assert.equal(JSON.parse(got[0].body).input.big, big);
+    }
+    assert.equal((await s.queueStats('closing')).ready, 2);
+  }));
+
+test('clients that send a POST and leave at once: every job is stored, the api serves on',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const n = 40;
+    await Promise.all(Array.from({ length: n }, (_, i) => new Promise((resolve, reject) => {
+      const c = net.connect(s.port, '127.0.0.1', () => {
+        c.end(post(s, { type: 'noop', queue: 'gone', input: { i } }), () => {
+          c.destroy(); // reads nothing: the reply meets a closed socket
+          resolve();
+        });
+      });
+      c.on('error', reject);
+    })));
+    await waitFor(async () => ((await s.queueStats('gone')) || {}).ready === n,
+      { timeout: 15000, what: `${n} jobs in queue gone` });
+    const after = await s.enqueue({ type: 'noop', queue: 'gone' });
+    assert.equal(after.status, 202);
+    assert.equal((await s.api('GET', '/healthz', { token: null })).status, 200);
+    assert.equal(s.unexpectedExits().length, 0, 'the api is alive');
+  }));
