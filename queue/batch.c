@@ -2,17 +2,22 @@
  *
  * Callers queue a request on their stack and sleep on its semaphore, or queue one on
  * the heap with a function to call (q_batcher_submit); a sender thread takes every
- * request waiting (up to Q_BATCH_MAX), sends them as one q_enqueue_many call on its own
- * connection, and wakes each caller with its outcome (a semaphore each: no lock is held
- * while they wake, and a caller may return as soon as it is posted) or calls its
- * function.
- * While one call runs, the next batch gathers, so the batch grows with the load and a
- * lone request goes at once. There are SENDERS threads: with one, Redis idled whenever
- * the scheduler set that thread aside among the request threads. */
+ * request waiting, sends them as q_enqueue_many calls (up to Q_BATCH_MAX jobs each) on
+ * its own connection, and wakes each caller with its outcome (a semaphore each: a
+ * caller may return as soon as it is posted) or calls its function. While one call
+ * runs, the next batch gathers, so the batch grows with the load and a lone request
+ * goes at once.
+ *
+ * Requests are pushed on a lock-free stack and a sender takes the whole stack in one
+ * exchange: with dozens of request threads on two cores, a mutex there was contended,
+ * and every contended lock put a thread to sleep. A sender sleeps only when there is
+ * nothing to take; a caller wakes one only then. There are SENDERS threads: with one,
+ * Redis idled whenever the scheduler set that thread aside. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,23 +44,43 @@ struct sender {
 };
 
 struct q_batcher {
-    pthread_mutex_t mu;
-    pthread_cond_t more; /* requests came in, or stopping */
-    struct request *head, **tail;
-    int stopping;
+    _Atomic(struct request *) waiting; /* pushed requests, newest first */
+    atomic_int sleepers;               /* senders asleep, or about to be */
+    atomic_int woken;                  /* a wake-up is posted and not yet taken */
+    atomic_int stopping;
+    sem_t wake;
+    int sem_ok;
     struct sender senders[SENDERS];
 };
 
-/* Takes up to Q_BATCH_MAX waiting requests into reqs (mu held). Returns how many. */
-static int take(q_batcher_t *b, struct request **reqs)
+/* Sends reqs[0..n) as one call and answers each. */
+static void send_batch(struct sender *sd, struct request **reqs, int n)
 {
-    int n = 0;
-    while (b->head && n < Q_BATCH_MAX) {
-        reqs[n++] = b->head;
-        b->head = b->head->next;
+    const q_new_job_t *jobs[Q_BATCH_MAX];
+    q_enq_result_t res[Q_BATCH_MAX];
+
+    for (int i = 0; i < n; i++) jobs[i] = reqs[i]->job;
+    q_enqueue_many(sd->c, jobs, n, res); /* each res[i].rc tells */
+    for (int i = 0; i < n; i++) {
+        if (reqs[i]->done) {
+            reqs[i]->done(reqs[i]->arg, &res[i]);
+            free(reqs[i]);
+            continue;
+        }
+        reqs[i]->res = res[i];
+        sem_post(&reqs[i]->answered); /* reqs[i] may be gone from here on */
     }
-    if (!b->head) b->tail = &b->head;
-    return n;
+}
+
+/* Sleeps until requests may be waiting (or stopping). */
+static void doze(q_batcher_t *b)
+{
+    atomic_fetch_add(&b->sleepers, 1);
+    /* a push after this check sees the sleeper and posts */
+    if (!atomic_load(&b->waiting) && !atomic_load(&b->stopping))
+        while (sem_wait(&b->wake) != 0 && errno == EINTR) {}
+    atomic_fetch_sub(&b->sleepers, 1);
+    atomic_store(&b->woken, 0);
 }
 
 static void *run(void *arg)
@@ -65,29 +90,26 @@ static void *run(void *arg)
     pthread_setname_np(pthread_self(), "enqueue"); /* as top and perf show it */
     (void)q_conn_redis(sd->c); /* connected before the load comes (see api/server.c) */
     struct request *reqs[Q_BATCH_MAX];
-    const q_new_job_t *jobs[Q_BATCH_MAX];
-    q_enq_result_t res[Q_BATCH_MAX];
 
-    pthread_mutex_lock(&b->mu);
     for (;;) {
-        while (!b->head && !b->stopping) pthread_cond_wait(&b->more, &b->mu);
-        int n = take(b, reqs);
-        if (n == 0) break; /* stopping, and nothing left */
-        pthread_mutex_unlock(&b->mu);
-        for (int i = 0; i < n; i++) jobs[i] = reqs[i]->job;
-        q_enqueue_many(sd->c, jobs, n, res); /* each res[i].rc tells */
-        for (int i = 0; i < n; i++) {
-            if (reqs[i]->done) {
-                reqs[i]->done(reqs[i]->arg, &res[i]);
-                free(reqs[i]);
-                continue;
-            }
-            reqs[i]->res = res[i];
-            sem_post(&reqs[i]->answered); /* reqs[i] may be gone from here on */
+        struct request *stack = atomic_exchange(&b->waiting, NULL), *fifo = NULL;
+        if (!stack) {
+            if (atomic_load(&b->stopping)) break; /* and nothing left */
+            doze(b);
+            continue;
         }
-        pthread_mutex_lock(&b->mu);
+        while (stack) { /* oldest first */
+            struct request *next = stack->next;
+            stack->next = fifo;
+            fifo = stack;
+            stack = next;
+        }
+        while (fifo) {
+            int n = 0;
+            for (; fifo && n < Q_BATCH_MAX; fifo = fifo->next) reqs[n++] = fifo;
+            send_batch(sd, reqs, n);
+        }
     }
-    pthread_mutex_unlock(&b->mu);
     return NULL;
 }
 
@@ -95,16 +117,11 @@ q_batcher_t *q_batcher_new(const char *host, int port, const char *prefix, int t
 {
     q_batcher_t *b = calloc(1, sizeof(*b));
     if (!b) return NULL;
-    b->tail = &b->head;
-    if (pthread_mutex_init(&b->mu, NULL) != 0) {
+    if (sem_init(&b->wake, 0, 0) != 0) {
         free(b);
         return NULL;
     }
-    if (pthread_cond_init(&b->more, NULL) != 0) {
-        pthread_mutex_destroy(&b->mu);
-        free(b);
-        return NULL;
-    }
+    b->sem_ok = 1;
     for (int i = 0; i < SENDERS; i++) {
         struct sender *sd = &b->senders[i];
         sd->b = b;
@@ -121,27 +138,24 @@ q_batcher_t *q_batcher_new(const char *host, int port, const char *prefix, int t
 void q_batcher_free(q_batcher_t *b)
 {
     if (!b) return;
-    pthread_mutex_lock(&b->mu);
-    b->stopping = 1;
-    pthread_cond_broadcast(&b->more);
-    pthread_mutex_unlock(&b->mu);
+    atomic_store(&b->stopping, 1);
+    for (int i = 0; i < SENDERS; i++) sem_post(&b->wake); /* each wakes, sends, stops */
     for (int i = 0; i < SENDERS; i++) {
         if (b->senders[i].started) pthread_join(b->senders[i].thread, NULL);
         q_conn_free(b->senders[i].c);
     }
-    pthread_cond_destroy(&b->more);
-    pthread_mutex_destroy(&b->mu);
+    sem_destroy(&b->wake);
     free(b);
 }
 
-/* Queues req for the senders. */
+/* Queues req for the senders, and wakes one if they all sleep. */
 static void hand_in(q_batcher_t *b, struct request *req)
 {
-    pthread_mutex_lock(&b->mu);
-    *b->tail = req;
-    b->tail = &req->next;
-    pthread_cond_signal(&b->more);
-    pthread_mutex_unlock(&b->mu);
+    struct request *top = atomic_load(&b->waiting);
+    do
+        req->next = top;
+    while (!atomic_compare_exchange_weak(&b->waiting, &top, req));
+    if (atomic_load(&b->sleepers) > 0 && !atomic_exchange(&b->woken, 1)) sem_post(&b->wake);
 }
 
 int q_batcher_submit(q_batcher_t *b, const q_new_job_t *job, q_enq_done_fn done, void *arg)

@@ -118,3 +118,33 @@ test('clients that send a POST and leave at once: every job is stored, the api s
     assert.equal((await s.api('GET', '/healthz', { token: null })).status, 200);
     assert.equal(s.unexpectedExits().length, 0, 'the api is alive');
   }));
+
+test('SIGTERM to the api under POST load: it exits 0, and every 202 it sent names a stored job',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const accepted = [];
+    let stop = false;
+    const lane = async () => {
+      while (!stop) {
+        try {
+          const r = await s.api('POST', '/v1/jobs', { body: { type: 'noop', queue: 'term' }, timeoutMs: 10000 });
+          if (r.status === 202) accepted.push(r.json.id);
+          else if (r.status !== 503) throw new Error(`unexpected ${r.status} ${r.text}`);
+        } catch (e) {
+          if (/unexpected/.test(e.message)) throw e;
+          // refused or closed while stopping: the client may retry
+          if (s.apiProc.exit) return;
+        }
+      }
+    };
+    const lanes = Array.from({ length: 16 }, lane);
+    await waitFor(async () => accepted.length >= 300, { timeout: 20000, what: '300 jobs accepted' });
+    const exit = await s.apiProc.signal('SIGTERM');
+    stop = true;
+    await Promise.all(lanes);
+    assert.equal(exit.code, 0, `the api exits cleanly (${s.apiProc.describeExit()})`);
+    const states = await s.evalOverIds(`local out = {}
+for i = 2, #ARGV do out[#out + 1] = tostring(redis.call('HGET', ARGV[1] .. ARGV[i], 'status')) end
+return out`, accepted);
+    assert.equal(states.length, accepted.length);
+    assert.deepEqual([...new Set(states)], ['queued'], 'every accepted job is stored');
+  }));
