@@ -130,6 +130,17 @@ static void on_connection_close(const struct mg_connection *conn)
     api_conn_settle(api_conn_self()); /* its socket is closed after this */
 }
 
+/* civetweb answers a request it cannot parse itself, without begin_request: the
+ * deferred reply of the request before it goes first. */
+static int on_http_error(struct mg_connection *conn, int status, const char *msg)
+{
+    (void)conn;
+    (void)status;
+    (void)msg;
+    api_conn_settle(api_conn_self());
+    return 1; /* civetweb writes its error page */
+}
+
 static int on_log_message(const struct mg_connection *conn, const char *message)
 {
     (void)conn;
@@ -253,6 +264,7 @@ int api_main(int argc, char **argv)
     cb.init_thread = on_init_thread;
     cb.init_connection = on_init_connection;
     cb.connection_close = on_connection_close;
+    cb.http_error = on_http_error;
     cb.exit_thread = on_exit_thread;
     cb.log_message = on_log_message;
     mg_init_library(0);

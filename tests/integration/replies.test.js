@@ -85,6 +85,19 @@ test('40 POSTs pipelined on one connection, then a GET: 41 replies in order, eac
     assert.equal((await s.queueStats('pipe')).ready, n, 'each stored once');
   }));
 
+test('a POST, then a request civetweb cannot parse, pipelined: the 202 first, whole, then the 400',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const buf = await exchange(s.port,
+      post(s, { type: 'noop', queue: 'garbled', input: { n: 1 } }) + 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n');
+    const text = buf.toString('latin1');
+    const second = text.indexOf('HTTP/1.1 400');
+    assert.ok(second > 0, `a 400 after the 202: ${text.slice(0, 200)}`);
+    const [first] = responses(buf.slice(0, second));
+    assert.equal(first.status, 202, first.body);
+    assert.deepEqual(JSON.parse(first.body).input, { n: 1 });
+    assert.equal((await s.queueStats('garbled')).ready, 1);
+  }));
+
 test('a POST with Connection: close, and one over HTTP/1.0: the whole 202, then the server ends the connection',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     for (const [extra, version] of [['Connection: close\r\n', '1.1'], ['', '1.0']]) {
