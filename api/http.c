@@ -241,6 +241,8 @@ void api_later_queue_error(api_later_t *l, int qerr)
     const char *code, *msg, *headers;
     int status = queue_error(l->request_id, qerr, &code, &msg, &headers);
     char buf[1024];
+    /* the request's log line said 202, written when the request thread let it go */
+    LOG_REQ_WARN(l->request_id, "deferred reply: %d %s", status, code);
     json_t *body = error_body(code, NULL, l->request_id, msg);
     size_t n = body ? api_render(body, buf, sizeof(buf)) : 0;
     json_decref(body);

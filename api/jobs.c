@@ -209,17 +209,15 @@ typedef struct later_job {
     api_later_t later;
     q_new_job_t nj;
     q_job_t job; /* the reply; the id and times are filled in on the answer */
-    char *input, *shown, *type, *queue, *owner;
+    char *input, *shown; /* owned; shown may be input */
     size_t shown_len;
+    char strings[]; /* type, queue and owner */
 } later_job_t;
 
 static void later_job_free(later_job_t *lj)
 {
+    if (lj->shown != lj->input) free(lj->shown);
     free(lj->input);
-    free(lj->shown);
-    free(lj->type);
-    free(lj->queue);
-    free(lj->owner);
     free(lj);
 }
 
@@ -249,33 +247,59 @@ static void later_answered(void *arg, const q_enq_result_t *res)
     later_job_free(lj);
 }
 
-/* Hands nj (a new job without idempotency key; strings borrowed, copied), shown as job
- * with its input as shown, to the enqueue senders, which answer the request: 0 (input is
- * then taken, and the reply is written or on its way), or -1 when it cannot be
- * deferred (nothing taken, nothing sent). */
-static int create_later(api_req_t *r, const q_new_job_t *nj, const q_job_t *job, char *input,
-                        const char *shown, size_t shown_len)
+/* Copies s into *at, moving it past the copy. Returns the copy. */
+static char *put_string(char **at, const char *s, size_t len)
 {
-    later_job_t *lj = calloc(1, sizeof(*lj));
+    char *copy = memcpy(*at, s, len + 1);
+    *at += len + 1;
+    return copy;
+}
+
+/* Hands nj (a new job without idempotency key; its strings are copied), shown as job
+ * with its input as shown, to the enqueue senders, which answer the request: 0 (input
+ * and shown, which may be the same, are then taken, and the reply is written or on its
+ * way), or -1 when it cannot be deferred (nothing taken, nothing sent). */
+static int create_later(api_req_t *r, const q_new_job_t *nj, const q_job_t *job, char *input,
+                        char *shown, size_t shown_len)
+{
+    size_t lt = strlen(nj->type), lq = strlen(nj->queue), lo = strlen(nj->owner);
+    later_job_t *lj = malloc(sizeof(*lj) + lt + lq + lo + 3);
+    char *at;
+
     if (!lj) return -1;
-    lj->nj = *nj;
-    lj->job = *job;
-    if (!(lj->type = strdup(nj->type)) || !(lj->queue = strdup(nj->queue)) ||
-        !(lj->owner = strdup(nj->owner)) ||
-        (shown && !(lj->shown = strndup(shown, shown_len))) ||
-        api_later_begin(r, &lj->later, 202) != 0) {
-        later_job_free(lj);
+    if (api_later_begin(r, &lj->later, 202) != 0) {
+        free(lj);
         return -1;
     }
-    lj->shown_len = shown_len;
-    lj->nj.type = lj->job.type = lj->type;
-    lj->nj.queue = lj->job.queue = lj->queue;
-    lj->nj.owner = lj->job.owner = lj->owner;
+    lj->nj = *nj;
+    lj->job = *job;
+    at = lj->strings;
+    lj->nj.type = lj->job.type = put_string(&at, nj->type, lt);
+    lj->nj.queue = lj->job.queue = put_string(&at, nj->queue, lq);
+    lj->nj.owner = lj->job.owner = put_string(&at, nj->owner, lo);
     lj->nj.input = lj->input = input;
     lj->job.input = input ? input : "{}";
+    lj->shown = shown;
+    lj->shown_len = shown_len;
     if (q_batcher_submit(r->enq, &lj->nj, later_answered, lj) != 0) {
         api_later_queue_error(&lj->later, Q_ENOMEM);
         later_job_free(lj);
+    }
+    return 0;
+}
+
+/* 1 if json holds a real number anywhere (rendered differently by api_render). */
+static int has_real(const json_t *json)
+{
+    const char *k;
+    size_t i;
+    json_t *v;
+
+    if (json_is_real(json)) return 1;
+    if (json_is_object(json)) {
+        json_object_foreach((json_t *)json, k, v) if (has_real(v)) return 1;
+    } else if (json_is_array(json)) {
+        json_array_foreach(json, i, v) if (has_real(v)) return 1;
     }
     return 0;
 }
@@ -429,8 +453,10 @@ int api_jobs_create(api_req_t *r)
     }
     /* a provider call costs money: the same checks as POST /v1/chat/completions */
     if (strcmp(spec.type, "ai.chat") == 0 && (st = api_ai_check_job(r, spec.input)) != 0) goto out;
-    if (spec.input && (!(input = json_dumps(spec.input, JSON_COMPACT)) ||
-                       !(shown = json_dumps(spec.input, API_RENDER_FLAGS))))
+    if (spec.input && !(input = json_dumps(spec.input, JSON_COMPACT))) goto fail_oom;
+    /* the reply shows reals with 12 digits; without reals, it shows the input as kept */
+    shown = input;
+    if (spec.input && has_real(spec.input) && !(shown = json_dumps(spec.input, API_RENDER_FLAGS)))
         goto fail_oom;
     if (key) {
         if (!(canon = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT))) goto fail_oom;
@@ -468,7 +494,7 @@ int api_jobs_create(api_req_t *r)
      * unless its reply is large (a slow reader would hold the sender). */
     if (!key && r->enq && shown_len <= LATER_INPUT_MAX &&
         create_later(r, &nj, &job, input, shown, shown_len) == 0) {
-        input = NULL; /* the sender's now */
+        input = shown = NULL; /* the sender's now */
         st = r->status;
         goto out;
     }
@@ -498,8 +524,8 @@ int api_jobs_create(api_req_t *r)
                        "this Idempotency-Key was already used with a different request");
     }
 out:
+    if (shown != input) free(shown);
     free(input);
-    free(shown);
     free(canon);
     json_decref(body);
     return st;

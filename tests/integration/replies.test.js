@@ -85,6 +85,23 @@ test('40 POSTs pipelined on one connection, then a GET: 41 replies in order, eac
     assert.equal((await s.queueStats('pipe')).ready, n, 'each stored once');
   }));
 
+test('the 202 shows the input byte for byte as GET does (reals with 12 digits, integers, text)',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const inputText = (body) => body.slice(body.indexOf('"input":'), body.indexOf(',"progress":'));
+    for (const input of [{ a: 0.1, b: [1, { c: 2.5e-7 }], i: 3 }, { t: 'no reals', n: [1, 2] }]) {
+      const [r] = responses(await exchange(s.port,
+        post(s, { type: 'noop', queue: 'shown', input }, 'Connection: close\r\n')));
+      assert.equal(r.status, 202, r.body);
+      const got = await s.api('GET', `/v1/jobs/${JSON.parse(r.body).id}`);
+      assert.equal(got.status, 200, got.text);
+      assert.equal(inputText(r.body), inputText(got.text));
+      assert.deepEqual(JSON.parse(r.body).input, input);
+    }
+    const [r] = responses(await exchange(s.port,
+      post(s, { type: 'noop', input: { a: 0.1 } }, 'Connection: close\r\n')));
+    assert.match(r.body, /"input":\{"a":0\.1\}/);
+  }));
+
 test('a POST, then a request civetweb cannot parse, pipelined: the 202 first, whole, then the 400',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const buf = await exchange(s.port,
