@@ -323,24 +323,39 @@ static int enq_prepare(const char *p, const q_new_job_t *job, struct enq *e)
     return 0;
 }
 
-/* Reads one job's answer of the enqueue script into res. */
-static void enq_result(const redisReply *r, q_enq_result_t *res)
+/* Reads one job's answer of the enqueue script ("created <ms>", "existing <id>",
+ * "conflict <id>"; see enqueue.lua) into res; id is the id the job was sent with. */
+static void enq_result(const redisReply *r, const char *id, q_enq_result_t *res)
 {
+    static const struct {
+        const char *word;
+        int outcome;
+    } outcomes[] = {{"created ", Q_ENQ_CREATED},
+                    {"existing ", Q_ENQ_EXISTING},
+                    {"conflict ", Q_ENQ_CONFLICT}};
     res->rc = Q_EREDIS;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
-        r->element[1]->len >= Q_ID_SIZE)
+    if (!r || r->type != REDIS_REPLY_STRING) return;
+    for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); i++) {
+        size_t wl = strlen(outcomes[i].word);
+        const char *rest = r->str + wl;
+        size_t rl = r->len - wl;
+        if (r->len <= wl || memcmp(r->str, outcomes[i].word, wl) != 0) continue;
+        if (outcomes[i].outcome == Q_ENQ_CREATED) {
+            char *end;
+            long long ms = strtoll(rest, &end, 10);
+            if (end != r->str + r->len || ms <= 0) return;
+            snprintf(res->id, sizeof(res->id), "%s", id);
+            res->created_ms = ms;
+        } else {
+            if (rl >= Q_ID_SIZE) return;
+            memcpy(res->id, rest, rl);
+            res->id[rl] = '\0';
+            res->created_ms = 0;
+        }
+        res->outcome = outcomes[i].outcome;
+        res->rc = 0;
         return;
-    memcpy(res->id, r->element[1]->str, r->element[1]->len);
-    res->id[r->element[1]->len] = '\0';
-    const char *o = r->element[0]->str;
-    res->outcome = strcmp(o, "existing") == 0   ? Q_ENQ_EXISTING
-                   : strcmp(o, "conflict") == 0 ? Q_ENQ_CONFLICT
-                                                : Q_ENQ_CREATED;
-    res->created_ms = r->elements >= 4 && r->element[3]->type == REDIS_REPLY_STRING
-                          ? strtoll(r->element[3]->str, NULL, 10)
-                          : 0;
-    res->rc = 0;
+    }
 }
 
 int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_result_t *res)
@@ -380,7 +395,7 @@ int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_res
         goto out;
     }
     for (int i = 0; i < n; i++)
-        if (slot[i] >= 0) enq_result(r->element[slot[i]], &res[i]);
+        if (slot[i] >= 0) enq_result(r->element[slot[i]], e[slot[i]].id, &res[i]);
 out:
     for (int i = 0; rc != 0 && i < n; i++)
         if (!slot || slot[i] >= 0) res[i].rc = rc;

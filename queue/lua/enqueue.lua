@@ -8,7 +8,9 @@
 --       9 idempotency ttl ms, 10 created ms (0: now; a restored job keeps its own),
 --       11 attempts history JSON ('' : none), 12 "1" if the caller chose the id (a
 --       restore: the job may be in Redis already)
--- Returns per job {"created"|"existing"|"conflict", id, status, created ms}.
+-- Returns per job one string: "created <created ms>" (under the id given), or "existing
+-- <id>" / "conflict <id>" (the earlier job); one string, not a table, as the reply to a
+-- batch is built and read for every job of every POST.
 -- The hash holds what scripts read; the record has the rest (type, owner, input), for
 -- readers in C. No attempt, token or progress until there is one (0), no run_at when it
 -- is the creation time, no updated until a change after the creation. Numbers go to
@@ -43,8 +45,8 @@ local function enqueue(k, a)
       local sep = string.find(ex, ' ', 1, true)
       if sep then
         local eid = string.sub(ex, 1, sep - 1)
-        if string.sub(ex, sep + 1) == ARGV[a + 8] then return {'existing', eid, ''} end
-        return {'conflict', eid, ''}
+        if string.sub(ex, sep + 1) == ARGV[a + 8] then return 'existing ' .. eid end
+        return 'conflict ' .. eid
       end
     end
     redis.call('SET', KEYS[k + 6], id .. ' ' .. ARGV[a + 8], 'PX', ARGV[a + 9])
@@ -52,7 +54,7 @@ local function enqueue(k, a)
   local jk = KEYS[k + 1]
   -- A job restored under its own id may have been restored already (two retries at
   -- once): never overwrite a live record, its token fences its current lease.
-  if ARGV[a + 12] == '1' and redis.call('EXISTS', jk) == 1 then return {'existing', id, ''} end
+  if ARGV[a + 12] == '1' and redis.call('EXISTS', jk) == 1 then return 'existing ' .. id end
   local created = ARGV[a + 10]
   if created == '0' then created = now_s end
   local status = 'queued'
@@ -80,7 +82,7 @@ local function enqueue(k, a)
     registered[queue] = true
     redis.call('SADD', KEYS[k + 8], queue)
   end
-  return {'created', id, status, created}
+  return 'created ' .. created
 end
 
 for j = 0, njobs - 1 do out[j + 1] = enqueue(j * 8, j * 12) end
