@@ -111,37 +111,57 @@ static int addr_of(const struct sockaddr_storage *sa, int *family, unsigned char
     return 0;
 }
 
+/* 0 if fd is a TCP socket from the peer (family, want, remote_port) to local port
+ * server_port. */
+static int is_connection(int fd, int family, const unsigned char *want, int remote_port,
+                         int server_port)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    unsigned char got[16];
+    int fam, port, type;
+    socklen_t tlen = sizeof(type);
+
+    if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0 ||
+        addr_of(&sa, &fam, got, &port) != 0 || fam != family || port != remote_port ||
+        memcmp(got, want, family == AF_INET ? 4 : 16) != 0)
+        return -1;
+    len = sizeof(sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0 ||
+        addr_of(&sa, &fam, got, &port) != 0 || port != server_port)
+        return -1;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM) return -1;
+    return 0;
+}
+
 int api_conn_find_socket(const char *remote_addr, int remote_port, int server_port)
 {
-    unsigned char want[16], got[16];
-    int family, fam, port;
+    static atomic_int last = 0; /* where the last one was found */
+    unsigned char want[16];
+    int family, max = FD_SCAN_MAX, hint = atomic_load(&last);
     struct rlimit rl;
-    int max = FD_SCAN_MAX;
 
     memset(want, 0, sizeof(want));
     if (inet_pton(AF_INET, remote_addr, want) == 1) family = AF_INET;
     else if (inet_pton(AF_INET6, remote_addr, want) == 1) family = AF_INET6;
     else return -1;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max) max = (int)rl.rlim_cur;
-    /* Descriptors are handed out lowest first: the scan is short. A TCP peer address and
-     * port with our listening port as the local one name one connection, the one civetweb
-     * accepted (nothing else of ours is connected from that peer to that port). */
-    for (int fd = 0; fd < max; fd++) {
-        struct sockaddr_storage sa;
-        socklen_t len = sizeof(sa);
-        int type;
-        socklen_t tlen = sizeof(type);
-        if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0) continue;
-        if (addr_of(&sa, &fam, got, &port) != 0 || fam != family || port != remote_port ||
-            memcmp(got, want, family == AF_INET ? 4 : 16) != 0)
-            continue;
-        len = sizeof(sa);
-        if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0 ||
-            addr_of(&sa, &fam, got, &port) != 0 || port != server_port)
-            continue;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM)
-            continue;
-        return fd;
+    if (hint >= max) hint = 0;
+    /* A TCP peer address and port with our listening port as the local one name one
+     * connection, the one civetweb accepted (nothing else of ours is connected from that
+     * peer to that port). Descriptors are handed out lowest first, and connections come
+     * and go together: the search starts where the last one was found and widens. */
+    for (int d = 0; hint - d >= 0 || hint + d < max; d++) {
+        int up = hint + d, down = hint - d;
+        if (up < max && is_connection(up, family, want, remote_port, server_port) == 0) {
+            atomic_store(&last, up);
+            return up;
+        }
+        if (d > 0 && down >= 0 &&
+            is_connection(down, family, want, remote_port, server_port) == 0) {
+            atomic_store(&last, down);
+            return down;
+        }
     }
     return -1;
 }

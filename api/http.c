@@ -200,13 +200,16 @@ int api_queue_error(api_req_t *r, int qerr)
 
 int api_later_begin(api_req_t *r, api_later_t *l, int status)
 {
+    const char *connection = connection_header(r);
+    /* a connection about to close has no next request to read meanwhile, and finding
+     * its socket would cost more than the wait it saves */
     if (!r->slot || strcmp(r->ri->request_method, "HEAD") == 0 ||
-        api_conn_hold(r->slot, r->ri) != 0)
+        strncmp(connection, "Connection: close", 17) == 0 || api_conn_hold(r->slot, r->ri) != 0)
         return -1;
     l->conn = r->slot;
     memcpy(l->request_id, r->request_id, sizeof(l->request_id));
     memcpy(l->limit_headers, r->limit_headers, sizeof(l->limit_headers));
-    l->connection = connection_header(r);
+    l->connection = connection;
     r->status = status;
     return 0;
 }

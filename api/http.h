@@ -89,7 +89,8 @@ typedef struct api_later {
 
 /* Defers r's reply to l: 0, and r counts as answered with status (what the request log
  * says); the connection waits for api_later_text or api_later_queue_error, which must
- * follow. -1: not possible here (no slot, HEAD, TLS...): reply as usual. */
+ * follow. -1: not possible here (no slot, HEAD, the connection closes after it, TLS...):
+ * reply as usual. */
 int api_later_begin(api_req_t *r, api_later_t *l, int status);
 
 /* Writes status with body (rendered by api_render, len bytes, borrowed) and extra

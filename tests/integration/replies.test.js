@@ -51,6 +51,10 @@ function responses(buf) {
   return out;
 }
 
+// A request after which the server closes the connection (the replies before it are
+// deferred ones: their connection stays open).
+const CLOSING = 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n';
+
 function post(s, body, extra = '', version = '1.1') {
   const text = JSON.stringify(body);
   return `POST /v1/jobs HTTP/${version}\r\nHost: x\r\nAuthorization: Bearer ${s.token}\r\n` +
@@ -64,7 +68,7 @@ test('40 POSTs pipelined on one connection, then a GET: 41 replies in order, eac
     for (let i = 0; i < n; i++) {
       bytes += post(s, { type: 'noop', queue: 'pipe', input: { n: i } }, `X-Request-Id: pipe-${i}\r\n`);
     }
-    bytes += `GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`;
+    bytes += CLOSING;
     const got = responses(await exchange(s.port, bytes));
     assert.equal(got.length, n + 1, 'one reply per request');
     const ids = new Set();
@@ -89,16 +93,14 @@ test('the 202 shows the input byte for byte as GET does (reals with 12 digits, i
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     const inputText = (body) => body.slice(body.indexOf('"input":'), body.indexOf(',"progress":'));
     for (const input of [{ a: 0.1, b: [1, { c: 2.5e-7 }], i: 3 }, { t: 'no reals', n: [1, 2] }]) {
-      const [r] = responses(await exchange(s.port,
-        post(s, { type: 'noop', queue: 'shown', input }, 'Connection: close\r\n')));
+      const [r] = responses(await exchange(s.port, post(s, { type: 'noop', queue: 'shown', input }) + CLOSING));
       assert.equal(r.status, 202, r.body);
       const got = await s.api('GET', `/v1/jobs/${JSON.parse(r.body).id}`);
       assert.equal(got.status, 200, got.text);
       assert.equal(inputText(r.body), inputText(got.text));
       assert.deepEqual(JSON.parse(r.body).input, input);
     }
-    const [r] = responses(await exchange(s.port,
-      post(s, { type: 'noop', input: { a: 0.1 } }, 'Connection: close\r\n')));
+    const [r] = responses(await exchange(s.port, post(s, { type: 'noop', input: { a: 0.1 } }) + CLOSING));
     assert.match(r.body, /"input":\{"a":0\.1\}/);
   }));
 
@@ -115,7 +117,27 @@ test('a POST, then a request civetweb cannot parse, pipelined: the 202 first, wh
     assert.equal((await s.queueStats('garbled')).ready, 1);
   }));
 
-test('a POST with Connection: close, and one over HTTP/1.0: the whole 202, then the server ends the connection',
+test('clients that send a POST and shut their side at once: each still reads the whole 202 before the server closes',
+  { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
+    const n = 20;
+    const got = await Promise.all(Array.from({ length: n }, (_, i) => new Promise((resolve, reject) => {
+      const c = net.connect(s.port, '127.0.0.1', () => c.end(post(s, { type: 'noop', queue: 'halfclosed', input: { i } })));
+      const chunks = [];
+      c.on('data', (d) => chunks.push(d));
+      c.on('end', () => resolve(Buffer.concat(chunks)));
+      c.on('error', reject);
+      setTimeout(() => { c.destroy(); reject(new Error('no end within 15 s')); }, 15000).unref();
+    })));
+    got.forEach((buf, i) => {
+      const rs = responses(buf);
+      assert.equal(rs.length, 1, `client ${i}: one reply`);
+      assert.equal(rs[0].status, 202, rs[0].body);
+      assert.deepEqual(JSON.parse(rs[0].body).input, { i });
+    });
+    assert.equal((await s.queueStats('halfclosed')).ready, n);
+  }));
+
+test('a POST with Connection: close, and one over HTTP/1.0 (answered by the request thread): the whole 202, then the server ends the connection',
   { timeout: 60000 }, () => withStack({ workers: 0, schedulers: 0 }, async (s) => {
     for (const [extra, version] of [['Connection: close\r\n', '1.1'], ['', '1.0']]) {
       const big = 'x'.repeat(12000); // a reply larger than one TCP segment
