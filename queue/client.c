@@ -247,31 +247,154 @@ static q_argv_t *script(enum q_script_id id, const char *const *keys, const char
 
 /* ---- enqueue -------------------------------------------------------------------- */
 
-/* One job's keys and arguments for the enqueue script: 8 keys, 12 arguments. */
-enum { ENQ_KEYS = 8, ENQ_ARGS = 12 };
+/* The enqueue script's request is built here as Redis protocol in one buffer: every
+ * POST /v1/jobs goes through it, and argument vectors (a copy per argument), snprintf
+ * per key and hiredis's formatting were most of the api's own work per request. */
+
+/* A growing buffer of protocol arguments ("$<len>\r\n<bytes>\r\n" each). */
+typedef struct resp {
+    char *buf;
+    size_t len, cap;
+    int argc, failed;
+} resp_t;
+
+/* Room for n more bytes. 0 or -1 (failed is then set). */
+static int resp_room(resp_t *r, size_t n)
+{
+    if (r->failed) return -1;
+    if (r->len + n <= r->cap) return 0;
+    size_t cap = r->cap ? r->cap : 4096;
+    while (cap < r->len + n) cap *= 2;
+    char *b = realloc(r->buf, cap);
+    if (!b) {
+        r->failed = 1;
+        return -1;
+    }
+    r->buf = b;
+    r->cap = cap;
+    return 0;
+}
+
+/* Writes v in decimal at p (room for 20 characters). Returns the length. */
+static size_t put_ll(char *p, long long v)
+{
+    char tmp[24];
+    size_t n = 0, i = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do
+        tmp[n++] = (char)('0' + u % 10);
+    while ((u /= 10) > 0);
+    if (v < 0) p[i++] = '-';
+    while (n > 0) p[i++] = tmp[--n];
+    return i;
+}
+
+/* Appends one argument made of the n strings parts[i] (lens[i] bytes each). */
+static void resp_parts(resp_t *r, int n, const char *const *parts, const size_t *lens)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += lens[i];
+    if (resp_room(r, total + 32) != 0) return;
+    r->buf[r->len++] = '$';
+    r->len += put_ll(r->buf + r->len, (long long)total);
+    memcpy(r->buf + r->len, "\r\n", 2);
+    r->len += 2;
+    for (int i = 0; i < n; i++) {
+        memcpy(r->buf + r->len, parts[i], lens[i]);
+        r->len += lens[i];
+    }
+    memcpy(r->buf + r->len, "\r\n", 2);
+    r->len += 2;
+    r->argc++;
+}
+
+static void resp_arg(resp_t *r, const char *s, size_t len) { resp_parts(r, 1, &s, &len); }
+
+static void resp_str(resp_t *r, const char *s) { resp_arg(r, s, strlen(s)); }
+
+static void resp_ll(resp_t *r, long long v)
+{
+    char num[24];
+    resp_arg(r, num, put_ll(num, v));
+}
+
+/* Appends the key prefix + a + b + c (b and c may be ""). */
+static void resp_key(resp_t *r, const char *prefix, const char *a, const char *b, const char *c)
+{
+    const char *parts[] = {prefix, a, b, c};
+    size_t lens[] = {strlen(prefix), strlen(a), strlen(b), strlen(c)};
+    resp_parts(r, 4, parts, lens);
+}
+
+/* Sends "EVALSHA <sha> <nkeys>" followed by the arguments in body (argc of them), or
+ * EVAL with the source after NOSCRIPT; as run() does otherwise. Returns the reply or
+ * NULL (an error reply is logged and freed). */
+static redisReply *run_resp(q_conn_t *c, enum q_script_id id, int nkeys, const resp_t *body)
+{
+    resp_t cmd = {0};
+    redisReply *r = NULL;
+    redisContext *rc;
+
+    if (body->failed) return NULL;
+    for (int eval = 0; eval < 2; eval++) {
+        cmd.len = 0;
+        cmd.argc = 0;
+        if (resp_room(&cmd, 64) != 0) break;
+        cmd.buf[cmd.len++] = '*';
+        cmd.len += put_ll(cmd.buf + cmd.len, 3 + (long long)body->argc);
+        memcpy(cmd.buf + cmd.len, "\r\n", 2);
+        cmd.len += 2;
+        resp_str(&cmd, eval ? "EVAL" : "EVALSHA");
+        resp_str(&cmd, eval ? q_script_src(id) : q_script_sha(id));
+        resp_ll(&cmd, nkeys);
+        if (resp_room(&cmd, body->len) != 0) break;
+        memcpy(cmd.buf + cmd.len, body->buf, body->len);
+        cmd.len += body->len;
+        if ((rc = c->rc) && closed_meanwhile(rc)) drop(c);
+        if (!(rc = q_conn_redis(c))) break;
+        void *reply = NULL;
+        if (redisAppendFormattedCommand(rc, cmd.buf, cmd.len) != REDIS_OK ||
+            redisGetReply(rc, &reply) != REDIS_OK)
+            reply = NULL;
+        if (!(r = checked(c, reply))) break;
+        if (!q_reply_noscript(r)) break;
+        freeReplyObject(r); /* Redis restarted, or its scripts were flushed */
+        r = NULL;
+    }
+    free(cmd.buf);
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        LOG_ERR("redis script error: %s", r->str);
+        freeReplyObject(r);
+        r = NULL;
+    }
+    return r;
+}
+
+enum { ENQ_KEYS = 8, ENQ_ARGS = 12 }; /* per job: see enqueue.lua */
+
+/* One job, checked and encoded: what the script's keys and arguments are made of. */
 struct enq {
-    char id[Q_ID_SIZE], k_job[160], k_ready[160], k_sched[160], k_marker[160], k_owner[400],
-        k_idem[400], k_seq[128], k_queues[128], prio[16], maxa[16], runat[32], ttl[32],
-        created[32];
+    char id[Q_ID_SIZE], idem_hash[65];
+    const char *queue;
     char *packed;
-    const char *v[ENQ_KEYS + ENQ_ARGS];
-    size_t len[ENQ_KEYS + ENQ_ARGS];
+    size_t packed_len;
+    int max_attempts, register_key;
 };
 
 /* Checks job and fills e (e->packed is then owned: free it). Returns 0, Q_EINVAL or
  * Q_ENOMEM. */
-static int enq_prepare(const char *p, const q_new_job_t *job, struct enq *e)
+static int enq_prepare(const q_new_job_t *job, struct enq *e)
 {
     const char *queue = job->queue ? job->queue : "default";
     q_record_t rec = {0};
-    size_t packed_len = 0;
 
     e->packed = NULL;
     if (!job->type || !job->owner || !q_valid_type(job->type) || !q_valid_queue(queue) ||
         job->priority < Q_PRIORITY_MIN || job->priority > Q_PRIORITY_MAX ||
         strlen(job->owner) > 200)
         return Q_EINVAL;
-    int register_key = job->idempotency_key && job->request_hash;
+    e->queue = queue;
+    e->register_key = job->idempotency_key && job->request_hash;
     if (job->id) {
         if (!q_valid_id(job->id)) return Q_EINVAL;
         snprintf(e->id, sizeof(e->id), "%s", job->id);
@@ -287,40 +410,47 @@ static int enq_prepare(const char *p, const q_new_job_t *job, struct enq *e)
     rec.max_attempts = job->max_attempts > 0 ? job->max_attempts : cm_cfg.max_attempts;
     rec.priority = job->priority;
     rec.timeout_ms = job->timeout_ms > 0 ? job->timeout_ms : 0;
-    if (q_record_encode(&rec, &e->packed, &packed_len) != 0) return Q_ENOMEM;
-
-    q_key_job(e->k_job, sizeof(e->k_job), p, e->id);
-    snprintf(e->k_ready, sizeof(e->k_ready), "%s{%s}:ready", p, queue);
-    snprintf(e->k_sched, sizeof(e->k_sched), "%s{%s}:scheduled", p, queue);
-    snprintf(e->k_marker, sizeof(e->k_marker), "%s{%s}:marker", p, queue);
-    snprintf(e->k_owner, sizeof(e->k_owner), "%sowner:%s", p, job->owner);
-    snprintf(e->k_seq, sizeof(e->k_seq), "%sseq", p);
-    snprintf(e->k_queues, sizeof(e->k_queues), "%squeues", p);
-    if (register_key) {
-        char kh[65];
-        cm_sha256_hex(job->idempotency_key, strlen(job->idempotency_key), kh);
-        snprintf(e->k_idem, sizeof(e->k_idem), "%sidem:%s:%s", p, job->owner, kh);
-    } else {
-        snprintf(e->k_idem, sizeof(e->k_idem), "%sidem:-", p);
-    }
-    snprintf(e->prio, sizeof(e->prio), "%d", rec.priority);
-    snprintf(e->maxa, sizeof(e->maxa), "%d", rec.max_attempts);
-    snprintf(e->runat, sizeof(e->runat), "%lld",
-             (long long)(job->run_at_ms > 0 ? job->run_at_ms : 0));
-    snprintf(e->ttl, sizeof(e->ttl), "%lld",
-             (long long)(job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms : 86400000));
-    snprintf(e->created, sizeof(e->created), "%lld",
-             (long long)(job->created_ms > 0 ? job->created_ms : 0));
-    const char *v[] = {e->k_job, e->k_ready, e->k_sched, e->k_marker, e->k_owner, e->k_idem,
-                       e->k_seq, e->k_queues, e->id, e->packed, queue, e->prio, e->maxa,
-                       e->runat, register_key ? "1" : "0",
-                       register_key ? job->request_hash : "", e->ttl, e->created,
-                       job->history ? job->history : "", job->id ? "1" : "0"};
-    for (size_t i = 0; i < ENQ_KEYS + ENQ_ARGS; i++) {
-        e->v[i] = v[i];
-        e->len[i] = i == ENQ_KEYS + 1 ? packed_len : strlen(v[i]);
-    }
+    e->max_attempts = rec.max_attempts;
+    if (e->register_key)
+        cm_sha256_hex(job->idempotency_key, strlen(job->idempotency_key), e->idem_hash);
+    if (q_record_encode(&rec, &e->packed, &e->packed_len) != 0) return Q_ENOMEM;
     return 0;
+}
+
+/* The job's 8 keys (see enqueue.lua). */
+static void enq_keys(resp_t *r, const char *p, const q_new_job_t *job, const struct enq *e)
+{
+    resp_key(r, p, "job:", e->id, "");
+    resp_key(r, p, "{", e->queue, "}:ready");
+    resp_key(r, p, "{", e->queue, "}:scheduled");
+    resp_key(r, p, "{", e->queue, "}:marker");
+    resp_key(r, p, "owner:", job->owner, "");
+    if (e->register_key) {
+        const char *parts[] = {p, "idem:", job->owner, ":", e->idem_hash};
+        size_t lens[] = {strlen(p), 5, strlen(job->owner), 1, 64};
+        resp_parts(r, 5, parts, lens);
+    } else {
+        resp_key(r, p, "idem:-", "", "");
+    }
+    resp_key(r, p, "seq", "", "");
+    resp_key(r, p, "queues", "", "");
+}
+
+/* The job's 12 arguments (see enqueue.lua). */
+static void enq_args(resp_t *r, const q_new_job_t *job, const struct enq *e)
+{
+    resp_str(r, e->id);
+    resp_arg(r, e->packed, e->packed_len);
+    resp_str(r, e->queue);
+    resp_ll(r, job->priority);
+    resp_ll(r, e->max_attempts);
+    resp_ll(r, job->run_at_ms > 0 ? job->run_at_ms : 0);
+    resp_str(r, e->register_key ? "1" : "0");
+    resp_str(r, e->register_key ? job->request_hash : "");
+    resp_ll(r, job->idempotency_ttl_ms > 0 ? job->idempotency_ttl_ms : 86400000);
+    resp_ll(r, job->created_ms > 0 ? job->created_ms : 0);
+    resp_str(r, job->history ? job->history : "");
+    resp_str(r, job->id ? "1" : "0");
 }
 
 /* Reads one job's answer of the enqueue script ("created <ms>", "existing <id>",
@@ -362,34 +492,37 @@ int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_res
 {
     struct enq *e = n > 0 ? calloc((size_t)n, sizeof(*e)) : NULL;
     int *slot = n > 0 ? calloc((size_t)n, sizeof(*slot)) : NULL; /* job -> place in the call */
+    int *job_of = n > 0 ? calloc((size_t)n, sizeof(*job_of)) : NULL; /* place -> job */
     int k = 0, rc = 0;
-    q_argv_t *a = NULL;
+    resp_t body = {0}, args = {0};
     redisReply *r = NULL;
 
     if (n <= 0) return 0;
-    if (!e || !slot) {
+    if (!e || !slot || !job_of) {
         rc = Q_ENOMEM;
         goto out;
     }
     for (int i = 0; i < n; i++) {
         memset(&res[i], 0, sizeof(res[i]));
-        if ((res[i].rc = enq_prepare(c->prefix, jobs[i], &e[k])) == 0) slot[i] = k++;
-        else slot[i] = -1;
+        if ((res[i].rc = enq_prepare(jobs[i], &e[k])) == 0) {
+            job_of[k] = i;
+            slot[i] = k++;
+        } else {
+            slot[i] = -1;
+        }
     }
     if (k == 0) goto out;
-    if (!(a = q_argv_script(QS_ENQUEUE, ENQ_KEYS * k, 3 + (ENQ_KEYS + ENQ_ARGS) * k))) {
+    /* every job's keys, then every job's arguments */
+    for (int j = 0; j < k; j++) enq_keys(&body, c->prefix, jobs[job_of[j]], &e[j]);
+    for (int j = 0; j < k; j++) enq_args(&args, jobs[job_of[j]], &e[j]);
+    if (resp_room(&body, args.len) != 0 || args.failed) {
         rc = Q_ENOMEM;
         goto out;
     }
-    for (int part = 0; part < 2; part++) /* every job's keys, then every job's arguments */
-        for (int j = 0; j < k; j++)
-            for (int i = part ? ENQ_KEYS : 0; i < (part ? ENQ_KEYS + ENQ_ARGS : ENQ_KEYS); i++)
-                if (q_argv_add(a, e[j].v[i], e[j].len[i]) != 0) {
-                    q_argv_free(a);
-                    rc = Q_ENOMEM;
-                    goto out;
-                }
-    r = run(c, a);
+    memcpy(body.buf + body.len, args.buf, args.len);
+    body.len += args.len;
+    body.argc += args.argc;
+    r = run_resp(c, QS_ENQUEUE, ENQ_KEYS * k, &body);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)k) {
         rc = Q_EREDIS;
         goto out;
@@ -401,8 +534,11 @@ out:
         if (!slot || slot[i] >= 0) res[i].rc = rc;
     freeReplyObject(r);
     for (int j = 0; e && j < k; j++) free(e[j].packed);
+    free(body.buf);
+    free(args.buf);
     free(e);
     free(slot);
+    free(job_of);
     return rc;
 }
 

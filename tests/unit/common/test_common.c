@@ -228,6 +228,25 @@ static void test_random_id_and_time(void **state)
     assert_int_equal(cm_random_id(small, sizeof(small), "req_", 20), -1);
     cm_format_time(1700000000123LL, t, sizeof(t));
     assert_string_equal(t, "2023-11-14T22:13:20.123Z");
+    cm_format_time(0, t, sizeof(t));
+    assert_string_equal(t, "1970-01-01T00:00:00.000Z");
+    cm_format_time(253402300799999LL, t, sizeof(t)); /* the last millisecond of 9999 */
+    assert_string_equal(t, "9999-12-31T23:59:59.999Z");
+    cm_format_time(951825600007LL, t, sizeof(t)); /* a leap day */
+    assert_string_equal(t, "2000-02-29T12:00:00.007Z");
+    /* digits by hand agree with gmtime + snprintf over many times */
+    for (int64_t ms = 12345; ms < 253402300799999LL; ms += 9876543211LL) {
+        char want[80];
+        time_t sec = (time_t)(ms / 1000);
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+        cm_format_time(ms, t, sizeof(t));
+        assert_string_equal(t, want);
+    }
+    cm_format_time(1700000000123LL, small, sizeof(small)); /* too small: cut, terminated */
+    assert_string_equal(small, "2023-11");
     char hex[65];
     cm_sha256_hex("abc", 3, hex);
     assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
