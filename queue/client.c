@@ -21,6 +21,10 @@ struct q_conn {
     char prefix[96];     /* "cv:" */
     int64_t retry_after; /* monotonic ms before which no reconnect is tried */
     int backoff_ms;
+    /* buffers of the enqueue request, kept from call to call (body, arguments, command):
+     * freeing and growing them again made the allocator map and unmap memory per call */
+    char *scratch[3];
+    size_t scratch_cap[3];
 };
 
 q_conn_t *q_conn_new(const char *host, int port, const char *prefix, int timeout_ms)
@@ -43,6 +47,7 @@ void q_conn_free(q_conn_t *c)
 {
     if (!c) return;
     if (c->rc) redisFree(c->rc);
+    for (int i = 0; i < 3; i++) free(c->scratch[i]);
     free(c->host);
     free(c);
 }
@@ -258,6 +263,31 @@ typedef struct resp {
     int argc, failed;
 } resp_t;
 
+#define SCRATCH_KEEP (1 << 20) /* a larger buffer (huge inputs) is not kept */
+
+/* An empty buffer made of c's scratch buffer i. */
+static resp_t resp_take(q_conn_t *c, int i)
+{
+    resp_t r = {.buf = c->scratch[i], .cap = c->scratch_cap[i]};
+    c->scratch[i] = NULL;
+    c->scratch_cap[i] = 0;
+    return r;
+}
+
+/* Gives r's memory back to c as its scratch buffer i (or frees it). */
+static void resp_give(q_conn_t *c, int i, resp_t *r)
+{
+    if (r->cap > SCRATCH_KEEP) {
+        free(r->buf);
+    } else {
+        free(c->scratch[i]);
+        c->scratch[i] = r->buf;
+        c->scratch_cap[i] = r->cap;
+    }
+    r->buf = NULL;
+    r->cap = 0;
+}
+
 /* Room for n more bytes. 0 or -1 (failed is then set). */
 static int resp_room(resp_t *r, size_t n)
 {
@@ -331,7 +361,7 @@ static void resp_key(resp_t *r, const char *prefix, const char *a, const char *b
  * NULL (an error reply is logged and freed). */
 static redisReply *run_resp(q_conn_t *c, enum q_script_id id, int nkeys, const resp_t *body)
 {
-    resp_t cmd = {0};
+    resp_t cmd = resp_take(c, 2);
     redisReply *r = NULL;
     redisContext *rc;
 
@@ -361,7 +391,7 @@ static redisReply *run_resp(q_conn_t *c, enum q_script_id id, int nkeys, const r
         freeReplyObject(r); /* Redis restarted, or its scripts were flushed */
         r = NULL;
     }
-    free(cmd.buf);
+    resp_give(c, 2, &cmd);
     if (r && r->type == REDIS_REPLY_ERROR) {
         LOG_ERR("redis script error: %s", r->str);
         freeReplyObject(r);
@@ -494,10 +524,10 @@ int q_enqueue_many(q_conn_t *c, const q_new_job_t *const *jobs, int n, q_enq_res
     int *slot = n > 0 ? calloc((size_t)n, sizeof(*slot)) : NULL; /* job -> place in the call */
     int *job_of = n > 0 ? calloc((size_t)n, sizeof(*job_of)) : NULL; /* place -> job */
     int k = 0, rc = 0;
-    resp_t body = {0}, args = {0};
+    resp_t body = resp_take(c, 0), args = resp_take(c, 1);
     redisReply *r = NULL;
 
-    if (n <= 0) return 0;
+    if (n <= 0) goto out;
     if (!e || !slot || !job_of) {
         rc = Q_ENOMEM;
         goto out;
@@ -534,8 +564,8 @@ out:
         if (!slot || slot[i] >= 0) res[i].rc = rc;
     freeReplyObject(r);
     for (int j = 0; e && j < k; j++) free(e[j].packed);
-    free(body.buf);
-    free(args.buf);
+    resp_give(c, 0, &body);
+    resp_give(c, 1, &args);
     free(e);
     free(slot);
     free(job_of);
