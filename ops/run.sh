@@ -38,9 +38,11 @@ readonly STOP_TIMEOUT=30
 declare -A PID=() # process name -> pid
 SERVICES_UP=0
 CLEANING=0
+HUNG_UP=0
 
-say() { printf 'run: %s\n' "$*"; }
-err() { printf 'run: %s\n' "$*" >&2; }
+# Messages never fail the script (the terminal may be gone: see cleanup).
+say() { printf 'run: %s\n' "$*" 2>/dev/null || :; }
+err() { printf 'run: %s\n' "$*" >&2 2>/dev/null || :; }
 die() {
     err "error: $*"
     exit 1
@@ -90,7 +92,11 @@ cleanup() {
     local rc=$?
     ((CLEANING)) && return
     CLEANING=1
-    trap '' INT TERM
+    trap '' INT TERM HUP
+    set +e # stop everything that can be stopped, whatever fails on the way
+    # The terminal is gone: what is said goes to a log (writes to it would fail, and a
+    # failing write must not end the cleanup before the servers are stopped).
+    ((HUNG_UP)) && exec >>"$LOGDIR/run.log" 2>&1
     if ((${#PID[@]} > 0)); then
         say "stopping ${!PID[*]} ..."
         stop_processes
@@ -141,10 +147,14 @@ ensure_admin() {
     mv -f "$f.tmp" "$f"
 }
 
+# in_background CMD... — CMD in the background, deaf to the terminal's hang-up: closing
+# the terminal makes this script stop it with SIGTERM, cleanly (see main).
+in_background() { (trap '' HUP && exec "$@") & }
+
 start_process() {
     local name=$1 log=$LOGDIR/$1.log
     printf '==== %s: conveyor %s starting\n' "$(date '+%F %T')" "$name" >>"$log"
-    "$BIN" "$name" </dev/null >>"$log" 2>&1 &
+    in_background "$BIN" "$name" </dev/null >>"$log" 2>&1
     PID[$name]=$!
 }
 
@@ -159,7 +169,7 @@ start_provider() {
     port_in_use 127.0.0.1 "$PROVIDER_PORT" &&
         die "127.0.0.1:$PROVIDER_PORT (the test provider) is already in use"
     printf '==== %s: test provider starting\n' "$(date '+%F %T')" >>"$log"
-    "$PROVIDER_BIN" --port "$PROVIDER_PORT" --latency-ms 50 </dev/null >>"$log" 2>&1 &
+    in_background "$PROVIDER_BIN" --port "$PROVIDER_PORT" --latency-ms 50 </dev/null >>"$log" 2>&1
     PID[provider]=$!
 }
 
@@ -245,6 +255,7 @@ main() {
     trap cleanup EXIT
     trap 'exit 0' INT # Ctrl-C is how one stops it: not a failure
     trap 'exit 143' TERM
+    trap 'HUNG_UP=1; exit 129' HUP # the terminal closed: stop everything all the same
 
     SERVICES_UP=1
     "$ROOT/ops/services.sh" start "$VAR" "$REDIS_PORT" "$PG_PORT"

@@ -33,9 +33,11 @@ readonly FALLBACK_ROOT=/var/lib/conveyor
 # Set by pg_locate.
 PG_BASE='' PG_DATA='' PG_LOG=''
 
-log() { printf 'services: %s\n' "$*" >&2; }
+# Messages never fail the script: with the terminal gone (closed under make run), a
+# failing write must not stop a stop half-way.
+log() { printf 'services: %s\n' "$*" >&2 2>/dev/null || :; }
 die() {
-    printf 'services: error: %s\n' "$*" >&2
+    printf 'services: error: %s\n' "$*" >&2 2>/dev/null || :
     exit 1
 }
 usage() {
