@@ -49,7 +49,6 @@ struct q_batcher {
     atomic_int woken;                  /* a wake-up is posted and not yet taken */
     atomic_int stopping;
     sem_t wake;
-    int sem_ok;
     struct sender senders[SENDERS];
 };
 
@@ -121,7 +120,6 @@ q_batcher_t *q_batcher_new(const char *host, int port, const char *prefix, int t
         free(b);
         return NULL;
     }
-    b->sem_ok = 1;
     for (int i = 0; i < SENDERS; i++) {
         struct sender *sd = &b->senders[i];
         sd->b = b;
