@@ -9,18 +9,9 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { spawn, execFileSync } = require('node:child_process');
-const { waitFor } = require('./lib/stack');
+const { waitFor, pidAlive } = require('./lib/stack');
 
 const ROOT = path.resolve(__dirname, '..', '..');
-
-function alive(pid) {
-  try {
-    const state = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^State:\s+(\S)/m)[1];
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
 
 // The pid a conveyor process wrote in its first JSON log line.
 function loggedPid(file) {
@@ -66,12 +57,12 @@ test('closing the terminal under make run stops everything it started (servers i
       for (const name of ['api', 'worker', 'scheduler']) {
         pids[name] = loggedPid(path.join(dir, 'log', `${name}.log`));
       }
-      for (const [name, pid] of Object.entries(pids)) assert.ok(pid && alive(pid), `${name} runs`);
+      for (const [name, pid] of Object.entries(pids)) assert.ok(pid && pidAlive(pid), `${name} runs`);
 
       term.kill('SIGKILL'); // the window closes: the terminal hangs up
-      await waitFor(() => Object.values(pids).every((pid) => !alive(pid)),
+      await waitFor(() => Object.values(pids).every((pid) => !pidAlive(pid)),
         { timeout: 60000, interval: 200, what: 'every process to stop' }).catch((err) => {
-        const left = Object.entries(pids).filter(([, pid]) => alive(pid)).map(([n]) => n);
+        const left = Object.entries(pids).filter(([, pid]) => pidAlive(pid)).map(([n]) => n);
         err.message += ` (still running: ${left.join(', ')}; run.log: ${
           fs.existsSync(path.join(dir, 'log', 'run.log')) ? fs.readFileSync(path.join(dir, 'log', 'run.log'), 'utf8') : '-'})`;
         throw err;
@@ -87,7 +78,7 @@ test('closing the terminal under make run stops everything it started (servers i
         execFileSync(path.join(ROOT, 'ops', 'services.sh'), ['stop', dir], { stdio: 'ignore', timeout: 60000 });
       } catch { /* nothing left */ }
       for (const pid of Object.values(pids)) {
-        if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
+        if (pid && pidAlive(pid)) process.kill(pid, 'SIGKILL');
       }
       fs.rmSync(dir, { recursive: true, force: true });
     }

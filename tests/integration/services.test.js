@@ -9,6 +9,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
+const { pidAlive } = require('./lib/stack');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const SERVICES = path.join(ROOT, 'ops', 'services.sh');
@@ -25,15 +26,6 @@ function autogroup(pid) {
     return fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8').split(' ')[0];
   } catch {
     return null; // a kernel without autogroups
-  }
-}
-
-function alive(pid) {
-  try {
-    const state = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^State:\s+(\S)/m)[1];
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
   }
 }
 
@@ -57,7 +49,7 @@ test('services.sh: Redis and PostgreSQL run in the caller\'s session, in process
       };
       const me = ids(process.pid);
       for (const [name, pid] of Object.entries(servers)) {
-        assert.ok(alive(pid), `${name} (pid ${pid}) runs`);
+        assert.ok(pidAlive(pid), `${name} (pid ${pid}) runs`);
         const them = ids(pid);
         assert.equal(them.session, me.session, `${name} is in the caller's session`);
         assert.notEqual(them.pgrp, me.pgrp, `${name} is out of the caller's process group`);
@@ -87,7 +79,7 @@ test('services.sh: Redis and PostgreSQL run in the caller\'s session, in process
         '-X', '-c', 'SELECT 1'], { encoding: 'utf8', stdio: 'pipe' }), /refused|could not connect/i,
       'no TCP listener on 127.0.0.1');
       run('stop', dir);
-      for (const [name, pid] of Object.entries(servers)) assert.ok(!alive(pid), `${name} stopped`);
+      for (const [name, pid] of Object.entries(servers)) assert.ok(!pidAlive(pid), `${name} stopped`);
     } finally {
       try {
         run('stop', dir);

@@ -141,6 +141,16 @@ async function freePort() {
 // is returned). fn may also throw (e.g. an assertion) to mean "not yet". On timeout
 // throws an error naming `what` (a string, or a function giving one) with the last value
 // or error. For synchronisation only: timeouts are generous bounds, never assertions.
+// 1 if process pid exists and is not a zombie (read from /proc).
+function pidAlive(pid) {
+  try {
+    const state = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^State:\s+(\S)/m)[1];
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
 async function waitFor(fn, { timeout = 10000, interval = 50, what = 'condition' } = {}) {
   const deadline = Date.now() + timeout;
   let last;
@@ -834,4 +844,4 @@ function assertError(assert, r, status, code, field) {
   }
 }
 
-module.exports = { ID_RE, startStack, withStack, waitFor, sleep, assertError };
+module.exports = { ID_RE, startStack, withStack, waitFor, sleep, assertError, pidAlive };
