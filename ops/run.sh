@@ -28,6 +28,7 @@ PG_PORT=${CONVEYOR_RUN_PG_PORT:-15432}
 CONVEYOR_LISTEN=${CONVEYOR_LISTEN:-127.0.0.1:8080}
 readonly VAR BIN REDIS_PORT PG_PORT
 readonly LOGDIR=$VAR/log
+readonly PIDS_FILE=$VAR/run.pids # "PID PROGRAM" of each process started (see watch)
 readonly PROCS=(api worker scheduler)
 PROVIDER_BIN=$(dirname "$BIN")/conveyor-test-provider
 PROVIDER_PORT=${CONVEYOR_RUN_PROVIDER_PORT:-18091}
@@ -38,6 +39,7 @@ readonly STOP_TIMEOUT=30
 declare -A PID=() # process name -> pid
 SERVICES_UP=0
 CLEANING=0
+STOPPING=0
 HUNG_UP=0
 
 # Messages never fail the script (the terminal may be gone: see cleanup).
@@ -86,6 +88,17 @@ stop_processes() {
     done
     for name in "${!PID[@]}"; do wait "${PID[$name]}" 2>/dev/null || true; done
     PID=()
+}
+
+# on_stop SIGNAL CODE — the first signal that stops the run exits with CODE (the EXIT
+# trap cleans up). A later one is ignored, so that it cannot cut the cleanup short: a
+# closed terminal sends SIGHUP twice (the shell hangs up its jobs, then the kernel hangs
+# up the terminal's foreground job as the shell exits).
+on_stop() {
+    ((STOPPING)) && return
+    STOPPING=1
+    [[ $1 == HUP ]] && HUNG_UP=1
+    exit "$2"
 }
 
 cleanup() {
@@ -156,6 +169,7 @@ start_process() {
     printf '==== %s: conveyor %s starting\n' "$(date '+%F %T')" "$name" >>"$log"
     in_background "$BIN" "$name" </dev/null >>"$log" 2>&1
     PID[$name]=$!
+    echo "$! $BIN" >>"$PIDS_FILE"
 }
 
 # start_provider — the OpenAI-compatible test provider the seed models point at, so
@@ -171,6 +185,7 @@ start_provider() {
     printf '==== %s: test provider starting\n' "$(date '+%F %T')" >>"$log"
     in_background "$PROVIDER_BIN" --port "$PROVIDER_PORT" --latency-ms 50 </dev/null >>"$log" 2>&1
     PID[provider]=$!
+    echo "$! $PROVIDER_BIN" >>"$PIDS_FILE"
 }
 
 # load_models — the seed providers and models (ops/models.json), once: later edits made
@@ -241,6 +256,34 @@ supervise() {
     done
 }
 
+# watch — a process that outlives this script, deaf to the terminal's signals: once the
+# script is gone, however it ended (its cleanup cut short, or killed), it stops what the
+# script started: the processes in PIDS_FILE still running that program, then the
+# servers. After a normal cleanup nothing is left and it has nothing to do.
+watch() {
+    local me=$$
+    ( ( # not a child of this script (whose waits would then wait for it too)
+        trap '' HUP INT TERM
+        exec </dev/null >>"$LOGDIR/run.log" 2>&1
+        while kill -0 "$me" 2>/dev/null; do sleep 0.5; done
+        local pid prog left=() deadline
+        if [[ -s $PIDS_FILE ]]; then
+            while read -r pid prog; do
+                [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$(readlink -f "$prog")" ]] || continue
+                kill -TERM "$pid" 2>/dev/null && left+=("$pid")
+            done <"$PIDS_FILE"
+            deadline=$((SECONDS + STOP_TIMEOUT))
+            for pid in "${left[@]}"; do
+                while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+                pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
+            done
+            ((${#left[@]} == 0)) || echo "run: stopped what the script left: ${left[*]}"
+        fi
+        rm -f "$PIDS_FILE"
+        "$ROOT/ops/services.sh" stop "$VAR"
+    ) & )
+}
+
 main() {
     [[ -x $BIN ]] || die "$BIN is missing or not executable (build it with make)"
     local host=${CONVEYOR_LISTEN%:*} port=${CONVEYOR_LISTEN##*:}
@@ -253,10 +296,12 @@ main() {
 
     mkdir -p "$LOGDIR"
     trap cleanup EXIT
-    trap 'exit 0' INT # Ctrl-C is how one stops it: not a failure
-    trap 'exit 143' TERM
-    trap 'HUNG_UP=1; exit 129' HUP # the terminal closed: stop everything all the same
+    trap 'on_stop INT 0' INT # Ctrl-C is how one stops it: not a failure
+    trap 'on_stop TERM 143' TERM
+    trap 'on_stop HUP 129' HUP # the terminal closed: stop everything all the same
 
+    : >"$PIDS_FILE"
+    watch
     SERVICES_UP=1
     "$ROOT/ops/services.sh" start "$VAR" "$REDIS_PORT" "$PG_PORT"
     set -a
