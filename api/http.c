@@ -30,15 +30,21 @@ static const char *reason(int status)
     }
 }
 
-/* The Connection header civetweb's keep-alive decision implies (HTTP/1.0 clients must
+/* 1 if the connection stays open after this request (civetweb's keep-alive decision).
+ * The Connection header it implies (HTTP/1.0 clients must
  * be told); a kept connection also says how long it may idle (civetweb closes it after
  * KEEP_ALIVE_TIMEOUT_MS = 2 s: clients told 1 s do not reuse it as it closes). */
+static int keep_alive(const api_req_t *r)
+{
+    const char *h = mg_get_header(r->conn, "Connection");
+    return !r->close && (h ? strcasestr(h, "keep-alive") != NULL
+                           : r->ri->http_version && strcmp(r->ri->http_version, "1.1") == 0);
+}
+
 static const char *connection_header(const api_req_t *r)
 {
     const char *h = mg_get_header(r->conn, "Connection");
-    int keep = !r->close && (h ? strcasestr(h, "keep-alive") != NULL
-                               : r->ri->http_version && strcmp(r->ri->http_version, "1.1") == 0);
-    if (!keep) return "Connection: close\r\n";
+    if (!keep_alive(r)) return "Connection: close\r\n";
     return h ? "Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n" : "Keep-Alive: timeout=1\r\n";
 }
 
@@ -122,14 +128,22 @@ int api_reply(api_req_t *r, int status, json_t *body, const char *headers)
     return status;
 }
 
+/* body (len bytes) after HEAD_ROOM bytes for the head: in stackbuf (HEAD_ROOM +
+ * STACK_BODY) or a new buffer. NULL when out of memory. */
+static char *with_head_room(char *stackbuf, const char *body, size_t len)
+{
+    char *buf = len <= STACK_BODY ? stackbuf : malloc(HEAD_ROOM + len);
+    if (buf && len) memcpy(buf + HEAD_ROOM, body, len);
+    return buf;
+}
+
 int api_reply_text(api_req_t *r, int status, const char *body, size_t len,
                    const char *headers)
 {
     char stackbuf[HEAD_ROOM + STACK_BODY];
-    char *buf = len <= STACK_BODY ? stackbuf : malloc(HEAD_ROOM + len);
+    char *buf = with_head_room(stackbuf, body, len);
 
     if (!buf) return out_of_memory(r, len);
-    memcpy(buf + HEAD_ROOM, body, len);
     status = send_reply(r, status, buf, len, headers);
     if (buf != stackbuf) free(buf);
     return status;
@@ -200,16 +214,15 @@ int api_queue_error(api_req_t *r, int qerr)
 
 int api_later_begin(api_req_t *r, api_later_t *l, int status)
 {
-    const char *connection = connection_header(r);
     /* a connection about to close has no next request to read meanwhile, and finding
      * its socket would cost more than the wait it saves */
-    if (!r->slot || strcmp(r->ri->request_method, "HEAD") == 0 ||
-        strncmp(connection, "Connection: close", 17) == 0 || api_conn_hold(r->slot, r->ri) != 0)
+    if (!r->slot || strcmp(r->ri->request_method, "HEAD") == 0 || !keep_alive(r) ||
+        api_conn_hold(r->slot, r->ri) != 0)
         return -1;
     l->conn = r->slot;
     memcpy(l->request_id, r->request_id, sizeof(l->request_id));
     memcpy(l->limit_headers, r->limit_headers, sizeof(l->limit_headers));
-    l->connection = connection;
+    l->connection = connection_header(r);
     r->status = status;
     return 0;
 }
@@ -218,7 +231,7 @@ void api_later_text(api_later_t *l, int status, const char *body, size_t len,
                     const char *headers)
 {
     char stackbuf[HEAD_ROOM + STACK_BODY];
-    char *buf = len <= STACK_BODY ? stackbuf : malloc(HEAD_ROOM + len);
+    char *buf = with_head_room(stackbuf, body, len);
     head_info_t h = {l->request_id, l->connection, l->limit_headers};
     size_t total;
     char *start;
@@ -229,8 +242,6 @@ void api_later_text(api_later_t *l, int status, const char *body, size_t len,
         status = 500;
         len = 0;
         headers = NULL;
-    } else if (len) {
-        memcpy(buf + HEAD_ROOM, body, len);
     }
     start = put_head(&h, status, buf, len, headers, &total);
     if (api_conn_write(l->conn, start, total) != 0)

@@ -400,7 +400,7 @@ static redisReply *run_resp(q_conn_t *c, enum q_script_id id, int nkeys, const r
     return r;
 }
 
-enum { ENQ_KEYS = 8, ENQ_ARGS = 12 }; /* per job: see enqueue.lua */
+enum { ENQ_KEYS = 8 }; /* per job (and 12 arguments): see enqueue.lua */
 
 /* One job, checked and encoded: what the script's keys and arguments are made of. */
 struct enq {
